@@ -1,0 +1,3 @@
+from seqvi.cli import main
+
+main()

@@ -1,0 +1,208 @@
+"""The ``seqvi`` command line: parse, call one library function, render.
+
+Heavy imports (torch, h5py, the engine) happen inside the commands so that
+``seqvi --help`` is instant. A ``SeqviError`` becomes one red line on stderr
+and exit code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from seqvi.errors import SeqviError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Deep sequential latent variable models, trained and evaluated by variational filtering.",
+)
+STATE = {"debug": False}
+
+RootOpt = typer.Option(None, "--root", help="Data root (default: $SEQVI_DATA, else the repository's datasets/).")
+DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda[:N].")
+ThreadsOpt = typer.Option(None, "--threads", min=1, help="Torch intra-op threads (default: $SEQVI_THREADS, else 1).")
+
+
+def command(fn):
+    """Register ``fn`` as a command whose SeqviErrors become one line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SeqviError as err:
+            if STATE["debug"]:
+                raise
+            from rich.markup import escape
+
+            from seqvi.report import err_console
+
+            err_console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return app.command(name=fn.__name__.rstrip("_").replace("_", "-"))(wrapper)
+
+
+@app.callback()
+def main_options(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+    STATE["debug"] = debug
+
+
+@command
+def download(name: str = typer.Argument(..., help="Data set name (a manifest in datasets/)."),
+             root: Optional[str] = RootOpt) -> None:
+    """Fetch a data set's raw files into <root>/raw/NAME (sha256-checked, resumable)."""
+    from seqvi.data.prepare import download as run_download
+    from seqvi.report import FileProgress, console, progress_bar
+
+    with progress_bar() as bar:
+        raw, result = run_download(name, root, progress=FileProgress(bar))
+    if isinstance(result, dict):
+        for file, digest in result.items():
+            console.print(f"{file}  sha256 {digest}")
+    else:
+        if result.already_done:
+            console.print("already exported (delete EXPORT.json to redo)")
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(result.written.items()))
+        console.print(f"exported {sum(result.written.values())} chorales ({counts}); "
+                      f"{result.duplicates} duplicates dropped, {len(result.skipped)} files skipped")
+        for line in _skipped(result.skipped):
+            console.print(line)
+    console.print(f"raw files in {raw}")
+
+
+@command
+def preprocess(name: str = typer.Argument(..., help="Data set name."),
+               source: Optional[Path] = typer.Option(None, "--source", help="A zip, folder or .pickle you already have."),
+               root: Optional[str] = RootOpt,
+               strict: bool = typer.Option(False, "--strict", help="Fail on the first unreadable file instead of skipping it."),
+               max_steps: int = typer.Option(100_000, "--max-steps", help="Refuse sequences longer than this many steps.")) -> None:
+    """Convert raw files into <root>/processed/NAME.h5."""
+    from seqvi.data.prepare import preprocess as run_preprocess
+    from seqvi.report import FileProgress, console, preprocess_table, progress_bar
+
+    with progress_bar() as bar:
+        report = run_preprocess(name, root, source, strict=strict, max_steps=max_steps, progress=FileProgress(bar))
+    console.print(preprocess_table(report))
+    notes = report.notes
+    console.print(f"{report.files} files, {report.files / max(report.seconds, 1e-9):.0f} files/s; "
+                  f"notes {notes.notes:,} placed, {notes.out_of_range} outside 21–108, {notes.drums} drum, "
+                  f"{notes.unterminated} unterminated, {notes.zero_length} shorter than a step")
+    console.print(f"skipped {len(report.skipped)} unreadable files")
+    for line in _skipped(report.skipped):
+        console.print(line)
+    console.print(f"store: {report.path}")
+
+
+@command
+def train(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+          overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value overrides."),
+          run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default runs/<recipe name>)."),
+          device: str = DeviceOpt, threads: Optional[int] = ThreadsOpt,
+          force: bool = typer.Option(False, "--force", help="Replace a run directory whose config differs.")) -> None:
+    """Train (or resume) a run described by a recipe."""
+    from seqvi.config import load_recipe
+    from seqvi.engine.setup import configure_threads, validate_sections
+    from seqvi.engine.train import train as run_train
+    from seqvi.report import TrainProgress, console, progress_bar
+
+    configure_threads(threads)
+    spec = load_recipe(recipe, overrides or [])
+    validate_sections(spec, str(recipe))
+    target = run_dir or Path("runs") / recipe.stem
+    with progress_bar() as bar:
+        result = run_train(spec, target, device=device, force=force, events=TrainProgress(bar))
+    rate = result.train_steps / max(result.seconds, 1e-9)
+    console.print(f"trained to epoch {result.epoch} (step {result.step}) in {result.seconds:.1f} s, "
+                  f"{rate:,.0f} time steps/s; valid {result.last_valid:.4f} nats/step, best {result.best_valid:.4f}")
+    console.print(f"run: {target}  (checkpoints in {target / 'checkpoints'})")
+
+
+@command
+def eval_(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run directory or checkpoint file."),
+             split: str = typer.Option("test", "--split", help="train, valid or test."),
+             per_step: bool = typer.Option(False, "--per-step", help="One row per time step."),
+             json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results here."),
+             device: str = DeviceOpt, threads: Optional[int] = ThreadsOpt,
+             seed: int = typer.Option(0, "--seed", help="Seed for the posterior samples.")) -> None:
+    """Free energy of a split per time step, with totals in nats/step and nats/sequence."""
+    from seqvi.data.store import Store
+    from seqvi.engine.evaluate import evaluate as run_evaluate
+    from seqvi.engine.run import load_run
+    from seqvi.engine.runs import write_text_atomic
+    from seqvi.engine.setup import configure_threads
+    from seqvi.report import console, eval_table, plot_free_energy
+
+    configure_threads(threads)
+    run = load_run(checkpoint, device)
+    with Store(run.spec.store) as store:
+        result = run_evaluate(run.model, run.inference, store.split(split), split, device=run.device,
+                              batch_size=run.recipe.data.eval_batch_size, seed=seed)
+    console.print(eval_table(result, per_step))
+    payload = {**result.to_dict(), "checkpoint": str(run.checkpoint), "epoch": run.epoch, "step": run.step,
+               "dataset": run.spec.dataset, "seed": seed}
+    text = json.dumps(payload, indent=1)
+    out = run.run_dir / "eval" / f"{split}.json"
+    write_text_atomic(out, text)
+    if json_out:
+        write_text_atomic(json_out, text)
+    plot = plot_free_energy(result, run.run_dir / "eval" / f"{split}.png")
+    console.print(f"{split}: {result.nats_per_step:.4f} nats/step, {result.nats_per_sequence:.2f} nats/sequence "
+                  f"({result.num_sequences} sequences, {result.steps} steps)")
+    console.print(f"results: {out}\nplot: {plot}")
+
+
+@command
+def sample(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run directory or checkpoint file."),
+           num: int = typer.Option(4, "--num", min=1, help="Number of sequences."),
+           length: int = typer.Option(128, "--length", min=1, help="Time steps per sequence."),
+           prime: int = typer.Option(0, "--prime", min=0, help="Prime with the first N steps of test sequences."),
+           out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default <run>/samples)."),
+           seed: int = typer.Option(0, "--seed"), device: str = DeviceOpt, threads: Optional[int] = ThreadsOpt) -> None:
+    """Generate sequences from the prior (optionally primed) and write them as files and a PNG."""
+    from seqvi.data.batches import pad
+    from seqvi.data.samples import SAMPLE_WRITERS
+    from seqvi.data.store import Store
+    from seqvi.engine.run import load_run
+    from seqvi.engine.sample import sample_sequences
+    from seqvi.engine.setup import configure_threads
+    from seqvi.report import console, plot_piano_rolls
+
+    configure_threads(threads)
+    run = load_run(checkpoint, device)
+    prime_x = None
+    if prime:
+        if prime >= length:
+            raise SeqviError(f"--prime {prime} must be shorter than --length {length}")
+        with Store(run.spec.store) as store:
+            test = store.split("test")
+            picks = [i for i in range(len(test)) if test.lengths[i] >= prime][:num]
+            if len(picks) < num:
+                raise SeqviError(f"only {len(picks)} test sequences have {prime} steps to prime from")
+            prime_x, _ = pad([test.read(i, 0, prime) for i in picks])
+    x = sample_sequences(run.model, run.inference, num, length, prime=prime_x, seed=seed).cpu().numpy()
+    out_dir = out or run.run_dir / "samples"
+    paths = SAMPLE_WRITERS[run.spec.adapter](x, out_dir, run.spec)
+    png = plot_piano_rolls(x, out_dir / "samples.png", primed=prime)
+    for path in paths:
+        console.print(f"wrote {path}")
+    console.print(f"piano rolls: {png}")
+
+
+def _skipped(skipped: list) -> list[str]:
+    from seqvi.report import skipped_lines
+
+    return skipped_lines(skipped)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""Recipes: strict, typed, immutable experiment configuration.
+
+A recipe is a YAML mapping with the sections below. Every key has a default in
+the dataclasses of this module (the one place that lists them, as DreamerV3's
+``defaults`` block does). A recipe may say ``extends: other.yaml`` to stack on
+another recipe, and ``key.path=value`` overrides from the command line are
+applied last. Unknown keys and wrong types fail with the key's path.
+
+The ``model`` and ``inference`` sections are open: besides ``name`` their keys
+are the keyword arguments of the registered constructor, checked against its
+signature and annotations (``check_kwargs``) when the registry is at hand.
+
+This module must not import torch at module load (``--help`` stays instant).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import yaml
+
+from seqvi.errors import RecipeError
+
+MAX_YAML_ALIASES = 100
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "bach-chorales"
+    root: Optional[str] = None       # data root; default $SEQVI_DATA or the repo's datasets/
+    batch_size: int = 16
+    crop_length: int = 25            # training crops; 0 = whole sequences
+    min_length: int = 0              # drop shorter training sequences (AVF drops < 25)
+    eval_batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    kl_anneal_epochs: int = 0        # linear KL weight from kl_start to 1 over these epochs
+    kl_start: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    lr: float = 1e-3
+    lr_decay: float = 1.0            # multiplicative, once per epoch
+    clip_grad: float = 10.0          # max global grad norm; 0 disables
+    log_every: int = 10              # steps between metrics lines
+    checkpoint_every: int = 0        # steps between checkpoints; 0 = each epoch only
+    valid_split: str = "valid"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: dict = field(default_factory=lambda: {"name": "vrnn"})
+    inference: dict = field(default_factory=lambda: {"name": "direct"})
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+OPEN_SECTIONS = ("model", "inference")
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+class _CappedLoader(yaml.SafeLoader):
+    """Safe loader that refuses documents with many aliases ("billion laughs")."""
+
+    def compose_node(self, parent, index):  # noqa: D401 - yaml hook
+        if self.check_event(yaml.AliasEvent):
+            self._aliases = getattr(self, "_aliases", 0) + 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise RecipeError(
+                    f"{self.name}: more than {MAX_YAML_ALIASES} YAML aliases; refusing to expand"
+                )
+        return super().compose_node(parent, index)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Load one YAML document with the capped safe loader; errors name the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise RecipeError(f"{path}: cannot read ({err})") from None
+    loader = _CappedLoader(text)
+    loader.name = str(path)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise RecipeError(f"{path}:{where} invalid YAML ({problem})") from None
+    finally:
+        loader.dispose()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a recipe (following ``extends``), apply ``a.b=value`` overrides, validate."""
+    raw = _read_stacked(Path(path), seen=())
+    for item in overrides:
+        _apply_override(raw, item)
+    return recipe_from_dict(raw, source=str(path))
+
+
+def recipe_from_dict(raw: dict, source: str = "<recipe>") -> Recipe:
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{source}: a recipe must be a mapping of sections")
+    return _build(Recipe, raw, prefix="", source=source)
+
+
+def _read_stacked(path: Path, seen: tuple) -> dict:
+    if path.resolve() in seen:
+        raise RecipeError(f"{path}: 'extends' forms a cycle")
+    data = read_yaml(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise RecipeError(f"{path}: 'extends' must be a file name")
+    parent = _read_stacked(path.parent / base, seen + (path.resolve(),))
+    return _merge(parent, data)
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            # A different model/inference name starts that section afresh.
+            if key in OPEN_SECTIONS and value.get("name", out[key].get("name")) != out[key].get("name"):
+                out[key] = dict(value)
+            else:
+                out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    if "=" not in item:
+        raise RecipeError(f"override {item!r}: expected key.path=value")
+    key, text = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise RecipeError(f"override {item!r}: empty key in path")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise RecipeError(f"override {item!r}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _build(cls, raw: dict, prefix: str, source: str):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        path = prefix + unknown[0]
+        raise RecipeError(f"{source}: unknown key '{path}' (known: {', '.join(sorted(fields))})")
+    values = {}
+    for name, value in raw.items():
+        path = prefix + name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                raise RecipeError(f"{source}: '{path}' must be a section (mapping)")
+            values[name] = _build(hint, value, path + ".", source)
+        elif name in OPEN_SECTIONS:
+            values[name] = _open_section(value, path, source)
+        else:
+            values[name] = coerce(value, hint, path, source)
+    return cls(**values)
+
+
+def _open_section(value: Any, path: str, source: str) -> dict:
+    if not isinstance(value, dict):
+        raise RecipeError(f"{source}: '{path}' must be a section (mapping) with a 'name'")
+    if not isinstance(value.get("name"), str):
+        raise RecipeError(f"{source}: '{path}.name' is required and must be a string")
+    for key in value:
+        if not isinstance(key, str):
+            raise RecipeError(f"{source}: '{path}' has a non-string key {key!r}")
+    return dict(value)
+
+
+def coerce(value: Any, hint: Any, path: str, source: str = "<recipe>") -> Any:
+    """Check ``value`` against a type annotation; ints widen to float. Returns the value."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any or hint is inspect.Parameter.empty:
+        return value
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(value, arg, path, source)
+            except RecipeError as err:
+                errors.append(err)
+        raise errors[0]
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise RecipeError(f"{source}: '{path}' must be a list, got {value!r}")
+        inner = args[0] if args else Any
+        items = [coerce(v, inner, f"{path}[{i}]", source) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif isinstance(hint, type) and isinstance(value, hint):
+        return value
+    name = getattr(hint, "__name__", str(hint))
+    raise RecipeError(f"{source}: '{path}' must be {name}, got {value!r}")
+
+
+def check_kwargs(fn: Callable, kwargs: dict, path: str, source: str = "<recipe>",
+                 skip: tuple[str, ...] = ()) -> dict:
+    """Validate ``kwargs`` against ``fn``'s signature: unknown keys and wrong types fail."""
+    sig = inspect.signature(fn)
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # pragma: no cover - unresolvable annotations: check names only
+        hints = {}
+    params = {n: p for n, p in sig.parameters.items()
+              if n not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    out = {}
+    for key, value in kwargs.items():
+        if key not in params:
+            raise RecipeError(
+                f"{source}: unknown key '{path}.{key}' (known: {', '.join(sorted(params)) or 'none'})"
+            )
+        out[key] = coerce(value, hints.get(key, Any), f"{path}.{key}", source)
+    return out

@@ -1,0 +1,63 @@
+"""Mini-batches from a store split: random crops for training, whole padded sequences for evaluation.
+
+Training order is a pure function of ``(seed, epoch)`` and each batch's crops
+of ``(seed, epoch, batch index)``. No sampler state needs saving: resuming at
+``(epoch, batch)`` replays exactly what an uninterrupted run would have seen.
+
+Shapes: ``x`` is ``(B, T, *frame_shape)`` float32, ``mask`` ``(B, T)`` float32
+with 1 on real steps; padding is always at the end of a sequence.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from seqvi.data.store import SplitData
+
+
+def epoch_order(split: SplitData, batch_size: int, seed: int, epoch: int,
+                min_length: int = 0) -> list[np.ndarray]:
+    """The sequence indices of each training batch of ``epoch`` (last batch may be short)."""
+    eligible = np.flatnonzero(split.lengths >= max(min_length, 1))
+    rng = np.random.default_rng([seed, epoch, 0])
+    perm = eligible[rng.permutation(len(eligible))]
+    return [perm[i:i + batch_size] for i in range(0, len(perm), batch_size)]
+
+
+def crop_batch(split: SplitData, indices: np.ndarray, crop_length: int, seed: int,
+               epoch: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random window of ``crop_length`` steps per sequence (0 = whole sequence)."""
+    rng = np.random.default_rng([seed, epoch, batch + 1])
+    pieces = []
+    for i in indices:
+        length = int(split.lengths[i])
+        if crop_length and length > crop_length:
+            start = int(rng.integers(0, length - crop_length + 1))
+            pieces.append(split.read(int(i), start, start + crop_length))
+        else:
+            pieces.append(split.read(int(i)))
+    return pad(pieces)
+
+
+def whole_batches(split: SplitData, batch_size: int) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    """Every sequence once, whole, in batches of similar length (for evaluation)."""
+    order = np.argsort(split.lengths, kind="stable")
+    order = order[split.lengths[order] > 0]
+    for i in range(0, len(order), batch_size):
+        indices = order[i:i + batch_size]
+        x, mask = pad([split.read(int(j)) for j in indices])
+        yield indices, x, mask
+
+
+def pad(pieces: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(len(p) for p in pieces)
+    frame_shape = pieces[0].shape[1:]
+    x = np.zeros((len(pieces), length, *frame_shape), dtype=np.float32)
+    mask = np.zeros((len(pieces), length), dtype=np.float32)
+    for b, piece in enumerate(pieces):
+        x[b, :len(piece)] = piece
+        mask[b, :len(piece)] = 1.0
+    return torch.from_numpy(x), torch.from_numpy(mask)

@@ -1,0 +1,68 @@
+"""Data set manifests (``datasets/NAME.yaml``) and where data lives on disk.
+
+A manifest names the adapter that turns raw files into a store, how to obtain
+the raw files (``http``: listed URLs with mirrors; ``music21``: export from an
+installed package), the time resolution and the licence. The data root holds
+``raw/NAME/`` and ``processed/NAME.h5``; it is ``--root``, else ``$SEQVI_DATA``,
+else the repository's ``datasets/`` folder (next to the manifests).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from seqvi.config import read_yaml
+from seqvi.errors import RecipeError, SeqviError
+
+MANIFEST_DIR = Path(__file__).resolve().parents[2] / "datasets"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    title: str
+    adapter: str
+    download: str
+    steps_per_beat: int = 1
+    resolution: str = ""
+    licence: str = ""
+    layout: str = ""
+    splits: dict = field(default_factory=dict)
+    files: tuple = ()
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in MANIFEST_DIR.glob("*.yaml"))
+
+
+def load_manifest(name: str) -> Manifest:
+    path = MANIFEST_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise SeqviError(f"unknown data set '{name}' (known: {', '.join(available())})")
+    raw = read_yaml(path)
+    try:
+        files = tuple(
+            {"name": str(f["name"]), "urls": [str(u) for u in f.get("urls", [])],
+             "sha256": f.get("sha256")}
+            for f in raw.pop("files", []) or []
+        )
+        return Manifest(files=files, **raw)
+    except (TypeError, KeyError) as err:
+        raise RecipeError(f"{path}: malformed manifest ({err})") from None
+
+
+def data_root(root: str | Path | None = None) -> Path:
+    if root:
+        return Path(root).expanduser()
+    env = os.environ.get("SEQVI_DATA")
+    return Path(env).expanduser() if env else MANIFEST_DIR
+
+
+def raw_dir(name: str, root: str | Path | None = None) -> Path:
+    return data_root(root) / "raw" / name
+
+
+def store_path(name: str, root: str | Path | None = None) -> Path:
+    return data_root(root) / "processed" / f"{name}.h5"

@@ -1,0 +1,185 @@
+"""Adapter for the polyphonic music corpora: MIDI zips/folders or note pickles -> store.
+
+Sources, in the published layouts (Boulanger-Lewandowski et al. 2012):
+
+* a zip ``<Name>/{train,valid,test}/*.mid`` (members read in memory, never
+  extracted; members with absolute or ``..`` paths are refused and counted),
+* a folder holding ``.../{train,valid,test}/*.mid`` (the split is the parent
+  folder's name, case-insensitive),
+* a pickle ``{'train': [...], 'valid': [...], 'test': [...]}`` of sequences of
+  note-number lists, loaded through the restricted unpickler.
+
+Every sequence becomes a binary piano roll ``(T, 88)`` (uint8) on the
+manifest's beat grid (``seqvi.data.midi``). A file that cannot be read is
+skipped, listed with its reason and counted; with ``strict`` the first one
+is fatal. The store records the sources' sha256 and the adapter version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterator
+
+from seqvi.data.manifest import Manifest
+from seqvi.data.midi import NUM_KEYS, RollStats, midi_to_roll, notes_to_roll
+from seqvi.data.safe_pickle import load_note_pickle
+from seqvi.data.store import SPLITS, StoreWriter
+from seqvi.errors import DataError
+
+ADAPTER_VERSION = "1"
+MIDI_SUFFIXES = (".mid", ".midi")
+Progress = Callable[[str, int, int | None], None]
+
+
+@dataclass
+class PreprocessReport:
+    dataset: str
+    path: Path | None = None
+    sequences: dict = field(default_factory=dict)   # split -> count
+    steps: dict = field(default_factory=dict)       # split -> total time steps
+    skipped: list = field(default_factory=list)     # (member, reason)
+    notes: RollStats = field(default_factory=RollStats)
+    sources: dict = field(default_factory=dict)     # file -> sha256
+    seconds: float = 0.0
+
+    @property
+    def files(self) -> int:
+        return sum(self.sequences.values()) + len(self.skipped)
+
+
+def preprocess_midi(manifest: Manifest, source: Path, out_path: Path, *, strict: bool = False,
+                    max_steps: int = 100_000, progress: Progress | None = None) -> PreprocessReport:
+    """Convert ``source`` (zip, folder or pickle) into the store at ``out_path``."""
+    started = time.perf_counter()
+    report = PreprocessReport(manifest.name)
+    writer = StoreWriter(out_path, (NUM_KEYS,), "uint8")
+    try:
+        for split, name, roll in _rolls(source, manifest.steps_per_beat, max_steps, report, strict, progress):
+            writer.add(split, name, roll)
+            report.sequences[split] = report.sequences.get(split, 0) + 1
+            report.steps[split] = report.steps.get(split, 0) + len(roll)
+        report.path = writer.close({
+            "dataset": manifest.name,
+            "adapter": "midi",
+            "adapter_version": ADAPTER_VERSION,
+            "likelihood": "bernoulli",
+            "steps_per_beat": manifest.steps_per_beat,
+            "resolution": manifest.resolution,
+            "sources": report.sources,
+            "skipped": [list(s) for s in report.skipped],
+        })
+    except BaseException:
+        writer.abort()
+        raise
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _rolls(source: Path, steps_per_beat: int, max_steps: int, report: PreprocessReport,
+           strict: bool, progress: Progress | None) -> Iterator[tuple[str, str, object]]:
+    if source.is_file() and source.suffix.lower() in (".pickle", ".pkl"):
+        report.sources[source.name] = _sha256(source)
+        corpus = load_note_pickle(source)
+        for split in SPLITS:
+            for i, seq in enumerate(corpus[split]):
+                name = f"{split}/{i:04d}"
+                try:
+                    roll = notes_to_roll(seq, name=f"{source.name}:{name}")
+                except DataError as err:
+                    _skip(report, name, err, strict)
+                    continue
+                if len(roll) == 0:
+                    _skip(report, name, "no notes", strict)
+                    continue
+                yield split, name, roll
+        return
+    members = list(_midi_members(source, report, strict))
+    total = len(members)
+    for done, (split, name, read) in enumerate(members, 1):
+        try:
+            roll, stats = midi_to_roll(read(), steps_per_beat, max_steps=max_steps, name=name)
+        except DataError as err:
+            _skip(report, name, err, strict)
+            continue
+        finally:
+            if progress:
+                progress(source.name, done, total)
+        if len(roll) == 0:
+            _skip(report, name, "no notes in the piano range", strict)
+            continue
+        for key in ("notes", "out_of_range", "drums", "unterminated", "zero_length"):
+            setattr(report.notes, key, getattr(report.notes, key) + getattr(stats, key))
+        yield split, name, roll
+
+
+def _midi_members(source: Path, report: PreprocessReport, strict: bool):
+    """Yield ``(split, name, read)`` for every MIDI file under a zip or folder, sorted."""
+    if source.is_file() and zipfile.is_zipfile(source):
+        report.sources[source.name] = _sha256(source)
+        try:
+            archive = zipfile.ZipFile(source)
+            infos = archive.infolist()
+        except (zipfile.BadZipFile, OSError) as err:
+            raise DataError(f"{source}: corrupt zip ({err})") from None
+        found = []
+        for info in infos:
+            path = PurePosixPath(info.filename)
+            if info.is_dir() or path.suffix.lower() not in MIDI_SUFFIXES:
+                continue
+            if path.is_absolute() or ".." in path.parts or "\\" in info.filename:
+                _skip(report, info.filename, "unsafe path in zip (absolute or '..')", strict)
+                continue
+            split = _split_of(path.parts)
+            if split:
+                found.append((split, info.filename, _zip_reader(archive, info, source)))
+        return sorted(found, key=lambda m: m[1])
+    if source.is_dir():
+        found = []
+        digest = hashlib.sha256()
+        for path in sorted(source.rglob("*")):
+            if path.suffix.lower() not in MIDI_SUFFIXES or not path.is_file():
+                continue
+            split = _split_of(path.relative_to(source).parts)
+            if split:
+                rel = path.relative_to(source).as_posix()
+                found.append((split, rel, path.read_bytes))
+                digest.update(rel.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+        report.sources[source.name + "/"] = digest.hexdigest()
+        return found
+    if not source.exists():
+        raise DataError(f"{source}: no such file or folder")
+    raise DataError(f"{source}: not a zip, a folder of MIDI files or a .pickle")
+
+
+def _zip_reader(archive: zipfile.ZipFile, info: zipfile.ZipInfo, source: Path):
+    def read() -> bytes:
+        try:
+            return archive.read(info)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+            raise DataError(f"{source}:{info.filename}: corrupt zip member ({err})") from None
+    return read
+
+
+def _split_of(parts: tuple[str, ...]) -> str | None:
+    if len(parts) < 2:
+        return None
+    folder = parts[-2].lower()
+    return folder if folder in SPLITS else None
+
+
+def _skip(report: PreprocessReport, name: str, reason, strict: bool) -> None:
+    if strict:
+        raise reason if isinstance(reason, DataError) else DataError(f"{name}: {reason}")
+    report.skipped.append((name, str(reason)))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,62 @@
+"""``download`` and ``preprocess``: the two data commands, as library functions.
+
+Downloaders and adapters are found through the registries by the manifest's
+``download`` and ``adapter`` fields; nothing branches on a data set's name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from seqvi.data.chorales import export_bach_chorales
+from seqvi.data.download import fetch_files
+from seqvi.data.manifest import load_manifest, raw_dir, store_path
+from seqvi.data.polyphonic import preprocess_midi
+from seqvi.errors import DataError
+
+Progress = Callable[[str, int, int | None], None]
+
+
+def _download_http(manifest, raw: Path, progress: Progress | None):
+    return fetch_files(list(manifest.files), raw, progress=progress)
+
+
+def _download_music21(manifest, raw: Path, progress: Progress | None):
+    return export_bach_chorales(raw, progress=progress)
+
+
+DOWNLOADERS = {"http": _download_http, "music21": _download_music21}
+ADAPTERS = {"midi": preprocess_midi}
+
+
+def download(name: str, root: str | None = None, progress: Progress | None = None):
+    manifest = load_manifest(name)
+    raw = raw_dir(name, root)
+    raw.mkdir(parents=True, exist_ok=True)
+    return raw, DOWNLOADERS[manifest.download](manifest, raw, progress)
+
+
+def find_source(name: str, root: str | None = None) -> Path:
+    """The raw source to preprocess: a downloaded zip, else a pickle, else the raw folder."""
+    manifest = load_manifest(name)
+    raw = raw_dir(name, root)
+    for suffixes in ((".zip",), (".pickle", ".pkl")):
+        for entry in manifest.files:
+            path = raw / entry["name"]
+            if path.suffix.lower() in suffixes and path.exists():
+                return path
+    if raw.is_dir() and any(raw.rglob("*.mid")):
+        return raw
+    raise DataError(f"{raw}: no raw files for '{name}'; run `seqvi download {name}` "
+                    f"or pass --source PATH (a zip, a folder or a .pickle)")
+
+
+def preprocess(name: str, root: str | None = None, source: str | Path | None = None, *,
+               strict: bool = False, max_steps: int = 100_000, progress: Progress | None = None):
+    manifest = load_manifest(name)
+    src = Path(source).expanduser() if source else find_source(name, root)
+    if not src.exists():
+        raise DataError(f"{src}: no such file or folder (--source)")
+    return ADAPTERS[manifest.adapter](manifest, src, store_path(name, root), strict=strict,
+                                      max_steps=max_steps, progress=progress)

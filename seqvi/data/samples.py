@@ -1,0 +1,28 @@
+"""Write generated sequences in the format people open for each kind of data.
+
+``SAMPLE_WRITERS`` maps a store's adapter to a writer taking
+``(x: (N, T, *X) array, out_dir, spec) -> list of paths``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seqvi.data.midi import roll_to_midi
+
+
+def write_midi(x: np.ndarray, out_dir: Path, spec: Any) -> list[Path]:
+    """One standard MIDI file per piano roll (N, T, 88), on the data set's beat grid."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, roll in enumerate(x):
+        path = out_dir / f"sample_{i + 1:02d}.mid"
+        roll_to_midi((roll > 0.5).astype(np.uint8), path, spec.steps_per_beat)
+        paths.append(path)
+    return paths
+
+
+SAMPLE_WRITERS = {"midi": write_midi}

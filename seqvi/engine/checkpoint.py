@@ -1,0 +1,86 @@
+"""Checkpoints: atomic writes, safe loads, and every RNG state for exact resume.
+
+A checkpoint is a dict of tensors and plain containers only, so it loads with
+``torch.load(weights_only=True)``::
+
+    format, version, config (resolved recipe dict), data (DataSpec dict),
+    model, inference, optimizer, scheduler (state dicts),
+    epoch, batch (next batch index within epoch), step, best (valid nats/step),
+    rng: {torch: ByteTensor, cuda: [ByteTensor, ...]}
+
+Writes go to a temporary file in the same folder, are fsynced, then renamed
+over the old file: a crash at any point leaves the previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seqvi.errors import CheckpointError
+
+FORMAT = "seqvi-checkpoint"
+VERSION = 1
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(payload: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        torch.save({"format": FORMAT, "version": VERSION, **payload}, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    except OSError:  # pragma: no cover - some filesystems refuse directory fsync
+        pass
+
+
+def load(path: Path, map_location: Any = "cpu") -> dict:
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types for corrupt or unsafe files
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a loadable seqvi checkpoint ({reason[:160]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a seqvi checkpoint (no '{FORMAT}' marker)")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint version {payload.get('version')} is not supported (expected {VERSION})"
+        )
+    return payload
+
+
+def resolve(path: str | Path) -> Path:
+    """A run directory (best.pt, else last.pt) or a checkpoint file."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            candidate = path / "checkpoints" / name
+            if candidate.exists():
+                return candidate
+        raise CheckpointError(f"{path}: run directory has no checkpoints/best.pt or last.pt")
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such run directory or checkpoint")
+    return path

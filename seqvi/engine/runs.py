@@ -1,0 +1,117 @@
+"""Run directories: ``runs/<name>/`` is the unit of reproducibility.
+
+    config.yaml              the resolved recipe (written atomically)
+    metrics.jsonl            one JSON object per line, each with "step"
+    checkpoints/last.pt      latest state; best.pt: lowest validation free energy
+    eval/<split>.json        evaluation results
+    samples/                 MIDI/PNG samples
+
+Re-running ``train`` on a run directory resumes it when the resolved config is
+the same (``train.epochs`` may grow: extending a run is resuming it). A
+different config is refused unless ``force``, which starts the run afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import yaml
+
+from seqvi.errors import SeqviError
+
+RESUMABLE_KEYS = (("train", "epochs"),)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def comparable(config: dict) -> dict:
+    out = json.loads(json.dumps(config))
+    for section, key in RESUMABLE_KEYS:
+        out.get(section, {}).pop(key, None)
+    return out
+
+
+def config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(old) | set(new))
+    diffs = []
+    for key in keys:
+        a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += config_diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            diffs.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return diffs
+
+
+def prepare(run_dir: Path, config: dict, force: bool = False) -> tuple[bool, list[str]]:
+    """Make the run directory ready; returns (resume, replaced-differences)."""
+    config_path = run_dir / "config.yaml"
+    last = run_dir / "checkpoints" / "last.pt"
+    replaced: list[str] = []
+    if config_path.exists() and last.exists():
+        try:
+            old = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise SeqviError(f"{config_path}: corrupt run config ({err}); use --force to start afresh") from None
+        diffs = config_diff(comparable(old), comparable(config))
+        if not diffs:
+            write_config(run_dir, config)
+            return True, []
+        if not force:
+            raise SeqviError(
+                f"{run_dir}: holds a run with a different config ({'; '.join(diffs[:3])}"
+                f"{' ...' if len(diffs) > 3 else ''}); use another --run-dir or --force to replace it"
+            )
+        replaced = diffs
+        for name in ("checkpoints", "metrics.jsonl", "eval", "samples"):
+            target = run_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    elif (run_dir / "metrics.jsonl").exists():
+        (run_dir / "metrics.jsonl").unlink()  # no checkpoint to resume: start clean
+    write_config(run_dir, config)
+    return False, replaced
+
+
+def write_config(run_dir: Path, config: dict) -> None:
+    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+
+class Metrics:
+    """Append-only ``metrics.jsonl``; each line is written whole and flushed."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def truncate_after(self, step: int) -> None:
+        """Drop lines logged after ``step`` (work lost since the last checkpoint) and torn lines."""
+        if not self.path.exists():
+            return
+        keep = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("step", 0) <= step:
+                keep.append(line)
+        write_text_atomic(self.path, "".join(line + "\n" for line in keep))
+
+    def log(self, record: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()

@@ -1,0 +1,41 @@
+"""Sampling sequences from a trained model, optionally primed by real data.
+
+Unprimed: z_t ~ p(z_t | h_{t-1}), x_t ~ p(x_t | z_t, h_{t-1}), h_t = advance.
+Primed by x_{1:P}: the first P steps are filtered (z_t ~ q(z_t | x_t, h_{t-1})
+with the run's inference), their frames kept as given, then generation
+continues from the prior. Output x is (N, length, *X); ``primed`` steps are
+the real ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+@torch.no_grad()
+def sample_sequences(model: Any, inference: Any, num: int, length: int, *,
+                     prime: Tensor | None = None, seed: int = 0, use_mean: bool = False) -> Tensor:
+    model.eval()
+    inference.eval()
+    device = model.device
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        state = model.initial_state(num)
+        frames = []
+        primed = 0 if prime is None else prime.shape[1]
+        for t in range(length):
+            p_z = model.prior(state)
+            if t < primed:
+                x_t = prime[:, t].to(device)
+                z = inference.posterior(model, x_t, state, p_z).sample()
+            else:
+                z = p_z.sample()
+                p_x = model.emission(z, state)
+                x_t = p_x.mean if use_mean else p_x.sample()
+            frames.append(x_t)
+            state = model.advance(state, x_t, z)
+    return torch.stack(frames, 1)

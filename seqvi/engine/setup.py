@@ -1,0 +1,96 @@
+"""Build what a run needs from a recipe: device, threads, store, model, inference.
+
+Names are looked up in the registries; nothing here branches on a model or a
+data set. The data supplies the model's ``x_dim`` and ``likelihood`` (from the
+store's attributes), the recipe every other constructor argument.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+import torch
+
+from seqvi.config import Recipe, check_kwargs
+from seqvi.data.manifest import store_path
+from seqvi.data.store import Store
+from seqvi.errors import RecipeError, SeqviError
+from seqvi.inference import INFERENCE
+from seqvi.models import DATA_ARGS, MODELS
+
+DEFAULT_THREADS = 1  # measured: see README "Threads" and bench/run.py
+
+
+def configure_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op threads from the argument, else $SEQVI_THREADS, else the default."""
+    if threads is None:
+        env = os.environ.get("SEQVI_THREADS")
+        threads = int(env) if env and env.isdigit() and int(env) > 0 else DEFAULT_THREADS
+    torch.set_num_threads(threads)
+    return threads
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SeqviError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise SeqviError(f"--device {device}: expected auto, cpu or cuda[:N]")
+    return torch.device(device)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What the model needs to know about the data; stored in every checkpoint."""
+    dataset: str
+    store: str
+    x_dim: int
+    likelihood: str
+    adapter: str = "midi"
+    steps_per_beat: int = 1
+
+    @classmethod
+    def from_store(cls, store: Store, dataset: str) -> "DataSpec":
+        x_dim = 1
+        for s in store.frame_shape:
+            x_dim *= s
+        return cls(dataset, str(store.path), x_dim, store.likelihood,
+                   str(store.attrs.get("adapter", "midi")), int(store.attrs.get("steps_per_beat", 1)))
+
+
+def open_store(recipe: Recipe) -> Store:
+    return Store(store_path(recipe.data.dataset, recipe.data.root))
+
+
+def validate_sections(recipe: Recipe, source: str = "<recipe>") -> None:
+    """Check the open sections against the registries (names, keys and types)."""
+    build_kwargs(recipe, source)
+
+
+def build_kwargs(recipe: Recipe, source: str = "<recipe>") -> tuple[type, dict, type, dict]:
+    model_kwargs = dict(recipe.model)
+    model_name = model_kwargs.pop("name")
+    if model_name not in MODELS:
+        raise RecipeError(f"{source}: unknown 'model.name' {model_name!r} (known: {', '.join(MODELS)})")
+    model_cls = MODELS[model_name]
+    model_kwargs = check_kwargs(model_cls.__init__, model_kwargs, "model", source, skip=("self",) + DATA_ARGS)
+    inf_kwargs = dict(recipe.inference)
+    inf_name = inf_kwargs.pop("name")
+    if inf_name not in INFERENCE:
+        raise RecipeError(f"{source}: unknown 'inference.name' {inf_name!r} (known: {', '.join(INFERENCE)})")
+    inf_cls = INFERENCE[inf_name]
+    inf_kwargs = check_kwargs(inf_cls.__init__, inf_kwargs, "inference", source, skip=("self", "model"))
+    return model_cls, model_kwargs, inf_cls, inf_kwargs
+
+
+def build(recipe: Recipe, spec: DataSpec, device: torch.device):
+    """(model, inference) on ``device``, initialized from ``recipe.seed``."""
+    model_cls, model_kwargs, inf_cls, inf_kwargs = build_kwargs(recipe)
+    torch.manual_seed(recipe.seed)
+    try:
+        model = model_cls(x_dim=spec.x_dim, likelihood=spec.likelihood, **model_kwargs)
+        inference = inf_cls(model, **inf_kwargs)
+    except (ValueError, TypeError) as err:
+        raise RecipeError(f"model/inference settings rejected: {err}") from None
+    return model.to(device), inference.to(device)

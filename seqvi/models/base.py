@@ -1,0 +1,92 @@
+"""The model contract: one filtering step of a sequential latent variable model.
+
+A model defines only p, through a deterministic state ``h`` summarizing the past::
+
+    p(z_t | h_{t-1})          prior(state)            -> Distribution over (B, Z)
+    p(x_t | z_t, h_{t-1})     emission(z, state)      -> Distribution over (B, *X)
+    h_t = f(h_{t-1}, x_t, z_t)  advance(state, x, z)  -> State
+    features(x, state)        what a direct filtering encoder may see, (B, feature_size)
+
+Every distribution factorizes over its non-batch dimensions; callers sum
+log-densities over them. ``State`` is a tuple of batch-first tensors (a
+NamedTuple), so particle methods can index and repeat it generically.
+A model that fits this contract gets direct filtering (when ``features`` is
+meaningful), AVF, every bound, evaluation and sampling with no further code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Bernoulli, Distribution, Normal
+
+LIKELIHOODS = ("bernoulli", "gaussian")
+MIN_SCALE = 1e-4
+
+
+class SequentialModel(nn.Module):
+    """Base class; subclasses set ``x_dim``, ``z_dim``, ``feature_size``."""
+
+    x_dim: int
+    z_dim: int
+    feature_size: int
+
+    def initial_state(self, batch_size: int) -> Any:
+        raise NotImplementedError
+
+    def prior(self, state: Any) -> Distribution:
+        raise NotImplementedError
+
+    def emission(self, z: Tensor, state: Any) -> Distribution:
+        raise NotImplementedError
+
+    def advance(self, state: Any, x: Tensor, z: Tensor) -> Any:
+        raise NotImplementedError
+
+    def features(self, x: Tensor, state: Any) -> Tensor:
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU, last_activation: bool = True) -> nn.Sequential:
+    """Fully connected layers ``sizes[0] -> ... -> sizes[-1]``."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if last_activation or i < len(sizes) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+class GaussianHead(nn.Module):
+    """Maps features to a diagonal Normal: loc, scale = softplus(.) + MIN_SCALE."""
+
+    def __init__(self, in_size: int, out_size: int):
+        super().__init__()
+        self.loc = nn.Linear(in_size, out_size)
+        self.scale = nn.Linear(in_size, out_size)
+
+    def forward(self, h: Tensor) -> Normal:
+        return Normal(self.loc(h), nn.functional.softplus(self.scale(h)) + MIN_SCALE, validate_args=False)
+
+
+class EmissionHead(nn.Module):
+    """Features -> p(x_t | .): Bernoulli logits for binary frames, diagonal Normal for real ones."""
+
+    def __init__(self, in_size: int, x_dim: int, likelihood: str):
+        super().__init__()
+        self.likelihood = likelihood
+        if likelihood == "bernoulli":
+            self.logits = nn.Linear(in_size, x_dim)
+        else:
+            self.gaussian = GaussianHead(in_size, x_dim)
+
+    def forward(self, h: Tensor) -> Distribution:
+        if self.likelihood == "bernoulli":
+            return Bernoulli(logits=self.logits(h), validate_args=False)
+        return self.gaussian(h)

@@ -1,0 +1,64 @@
+"""VRNN: variational recurrent neural network (Chung et al., NeurIPS 2015, arXiv 1506.02216).
+
+Generative model, with an LSTM state ``h = (h, c)`` of size H, latent size Z,
+feature extractors phi_x: (B, D) -> (B, F) and phi_z: (B, Z) -> (B, F)::
+
+    p(z_t | h_{t-1})        = N(mu_0, sigma_0),   [mu_0, sigma_0] = prior_net(h_{t-1})
+    p(x_t | z_t, h_{t-1})   = Bernoulli / N(.),   params = dec_net([phi_z(z_t), h_{t-1}])
+    h_t                     = LSTM([phi_x(x_t), phi_z(z_t)], h_{t-1})
+
+Direct filtering encoder (in ``seqvi.inference.direct``) sees
+``features(x_t, h) = [phi_x(x_t), h_{t-1}]`` of size F + H, as in the paper's
+``q(z_t | x_t, h_{t-1}) = N(mu_z, sigma_z)``.
+
+Departures: an LSTM cell (as in the paper's experiments and the AVF code) and
+softplus scales with a floor of 1e-4 (the paper does not specify the floor).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution, Normal
+
+from seqvi.models.base import LIKELIHOODS, EmissionHead, GaussianHead, SequentialModel, mlp
+
+
+class VRNNState(NamedTuple):
+    h: Tensor  # (B, H)
+    c: Tensor  # (B, H)
+
+
+class VRNN(SequentialModel):
+    def __init__(self, x_dim: int, likelihood: str = "bernoulli", hidden_size: int = 256,
+                 z_size: int = 32, feature_size: int = 128, layers: int = 1):
+        super().__init__()
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}")
+        self.x_dim, self.z_dim, self.hidden_size = x_dim, z_size, hidden_size
+        self.feature_size = feature_size + hidden_size
+        F, H = feature_size, hidden_size
+        self.phi_x = mlp([x_dim] + [F] * layers)                      # parameterizes phi_x(x_t)
+        self.phi_z = mlp([z_size] + [F] * layers)                     # parameterizes phi_z(z_t)
+        self.prior_net = nn.Sequential(mlp([H] + [F] * layers), GaussianHead(F, z_size))     # p(z_t | h_{t-1})
+        self.dec_net = nn.Sequential(mlp([F + H] + [F] * layers), EmissionHead(F, x_dim, likelihood))  # p(x_t | z_t, h_{t-1})
+        self.rnn = nn.LSTMCell(2 * F, H)                              # h_t = f(h_{t-1}, x_t, z_t)
+
+    def initial_state(self, batch_size: int) -> VRNNState:
+        zeros = torch.zeros(batch_size, self.hidden_size, device=self.device)
+        return VRNNState(zeros, zeros)
+
+    def prior(self, state: VRNNState) -> Normal:
+        return self.prior_net(state.h)
+
+    def emission(self, z: Tensor, state: VRNNState) -> Distribution:
+        return self.dec_net(torch.cat([self.phi_z(z), state.h], -1))
+
+    def advance(self, state: VRNNState, x: Tensor, z: Tensor) -> VRNNState:
+        h, c = self.rnn(torch.cat([self.phi_x(x), self.phi_z(z)], -1), (state.h, state.c))
+        return VRNNState(h, c)
+
+    def features(self, x: Tensor, state: VRNNState) -> Tensor:
+        return torch.cat([self.phi_x(x), state.h], -1)  # (B, F + H)

@@ -1,0 +1,175 @@
+"""Everything seqvi shows a person: Rich tables and progress, PNG plots.
+
+Only the CLI imports this module; models, objectives and the engine never
+print. Plots use matplotlib's Agg backend, imported when a plot is drawn.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def progress_bar() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=console, transient=False, disable=not console.is_terminal)
+
+
+class FileProgress:
+    """Adapter from the library's ``(name, done, total)`` callbacks to one Rich bar per name."""
+
+    def __init__(self, bar: Progress):
+        self.bar, self.tasks = bar, {}
+
+    def __call__(self, name: str, done: int, total: int | None) -> None:
+        if name not in self.tasks:
+            self.tasks[name] = self.bar.add_task(name, total=total, info="")
+        self.bar.update(self.tasks[name], completed=done, total=total)
+
+
+class TrainProgress:
+    """Renders the engine's training events: a bar with the live loss, a line per epoch."""
+
+    def __init__(self, bar: Progress):
+        self.bar, self.task = bar, None
+
+    def __call__(self, kind: str, info: dict) -> None:
+        if kind == "start":
+            if info.get("replaced"):
+                console.print(f"[yellow]replaced the previous run:[/] {'; '.join(info['replaced'][:5])}")
+            if info.get("resumed_step") is not None:
+                console.print(f"resuming {info['run_dir']} at step {info['resumed_step']}")
+            console.print(f"{info['parameters']:,} parameters on {info['device']}")
+            self.task = self.bar.add_task("train", total=info["total_steps"], completed=info["step"], info="")
+        elif kind == "step":
+            self.bar.update(self.task, completed=info["step"],
+                            info=f"epoch {info['epoch']}  loss {info['loss']:.3f}")
+        elif kind == "epoch":
+            mark = " [green]best[/]" if info["best"] else ""
+            line = f"epoch {info['epoch']:>4}  valid {info['valid_nats_per_step']:.4f} nats/step{mark}"
+            if console.is_terminal:
+                self.bar.console.print(line)
+            elif info["epoch"] == 1 or info["best"] or info["epoch"] % 10 == 0:
+                console.print(line)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def buckets(length: int) -> list[tuple[int, int]]:
+    """Rows t=1, 2-4, 5-8, 9-16, ... (1-based, inclusive) covering ``length`` steps."""
+    rows, lo, hi = [(1, 1)], 2, 4
+    while lo <= length:
+        rows.append((lo, min(hi, length)))
+        lo, hi = hi + 1, hi * 2
+    return [r for r in rows if r[0] <= length]
+
+
+def eval_table(result: Any, per_step: bool = False, title: str | None = None) -> Table:
+    """Free energy per time step: mean over the sequences active at those steps."""
+    length = len(result.active)
+    rows = [(t, t) for t in range(1, length + 1)] if per_step else buckets(length)
+    table = Table(title=title or f"free energy per time step — {result.split} (nats, lower is better)")
+    table.add_column("t", justify="right")
+    for name in ("free energy", "reconstruction", "KL", "active seqs"):
+        table.add_column(name, justify="right")
+    for lo, hi in rows:
+        sl = slice(lo - 1, hi)
+        n = result.active[sl].sum()
+        if n == 0:
+            continue
+        recon, kl = result.recon[sl].sum() / n, result.kl[sl].sum() / n
+        label = str(lo) if lo == hi else f"{lo}–{hi}"
+        table.add_row(label, f"{recon + kl:.4f}", f"{recon:.4f}", f"{kl:.4f}", f"{int(result.active[lo - 1])}")
+    steps = max(result.steps, 1)
+    table.add_section()
+    table.add_row("per step", f"{result.nats_per_step:.4f}", f"{result.recon.sum() / steps:.4f}",
+                  f"{result.kl.sum() / steps:.4f}", f"{result.num_sequences}", style="bold")
+    seqs = max(result.num_sequences, 1)
+    table.add_row("per sequence", f"{result.nats_per_sequence:.2f}", f"{result.recon.sum() / seqs:.2f}",
+                  f"{result.kl.sum() / seqs:.2f}", f"{result.steps} steps", style="bold")
+    return table
+
+
+def preprocess_table(report: Any) -> Table:
+    table = Table(title=f"{report.dataset}: preprocessed in {report.seconds:.1f} s")
+    table.add_column("split")
+    table.add_column("sequences", justify="right")
+    table.add_column("time steps", justify="right")
+    for split in ("train", "valid", "test"):
+        table.add_row(split, str(report.sequences.get(split, 0)), str(report.steps.get(split, 0)))
+    return table
+
+
+def skipped_lines(skipped: list, limit: int = 10) -> list[str]:
+    lines = [f"  skipped {name}: {reason}" for name, reason in skipped[:limit]]
+    if len(skipped) > limit:
+        lines.append(f"  ... and {len(skipped) - limit} more (listed in the store's 'skipped' attribute)")
+    return lines
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_free_energy(result: Any, path: Path) -> Path:
+    """PNG of the mean free energy, reconstruction and KL per active sequence against t."""
+    plt = _pyplot()
+    active = np.maximum(result.active, 1)
+    t = np.arange(1, len(active) + 1)
+    keep = result.active > 0
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    ax.plot(t[keep], ((result.recon + result.kl) / active)[keep], label="free energy", lw=1.5)
+    ax.plot(t[keep], (result.recon / active)[keep], label="reconstruction", lw=1)
+    ax.plot(t[keep], (result.kl / active)[keep], label="KL", lw=1)
+    ax.set_xlabel("time step t")
+    ax.set_ylabel("nats")
+    ax.set_title(f"free energy per step — {result.split}: {result.nats_per_step:.3f} nats/step")
+    ax.legend(loc="upper right")
+    twin = ax.twinx()
+    twin.fill_between(t, result.active, color="grey", alpha=0.12, step="mid")
+    twin.set_ylabel("active sequences")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_piano_rolls(rolls: np.ndarray, path: Path, primed: int = 0, low_pitch: int = 21) -> Path:
+    """PNG with one piano roll per sample (time across, pitch up); primed steps shaded."""
+    plt = _pyplot()
+    n = len(rolls)
+    fig, axes = plt.subplots(n, 1, figsize=(10, 1.8 * n + 0.4), dpi=100, squeeze=False)
+    for i, ax in enumerate(axes[:, 0]):
+        ax.imshow(rolls[i].T, origin="lower", aspect="auto", cmap="Greys", interpolation="nearest",
+                  extent=(0, rolls.shape[1], low_pitch, low_pitch + rolls.shape[2]))
+        if primed:
+            ax.axvspan(0, primed, color="tab:blue", alpha=0.12)
+        ax.set_ylabel(f"#{i + 1} pitch")
+    axes[-1, 0].set_xlabel("time step" + (f" (first {primed} primed from data)" if primed else ""))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
