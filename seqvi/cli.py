@@ -55,13 +55,14 @@ def main_options(debug: bool = typer.Option(False, "--debug", help="Show full tr
 
 @command
 def download(name: str = typer.Argument(..., help="Data set name (a manifest in datasets/)."),
-             root: Optional[str] = RootOpt) -> None:
+             root: Optional[str] = RootOpt,
+             limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Export only the first N files (music21 sources; for quick trials).")) -> None:
     """Fetch a data set's raw files into <root>/raw/NAME (sha256-checked, resumable)."""
     from seqvi.data.prepare import download as run_download
     from seqvi.report import FileProgress, console, progress_bar
 
     with progress_bar() as bar:
-        raw, result = run_download(name, root, progress=FileProgress(bar))
+        raw, result = run_download(name, root, progress=FileProgress(bar), limit=limit)
     if isinstance(result, dict):
         for file, digest in result.items():
             console.print(f"{file}  sha256 {digest}")

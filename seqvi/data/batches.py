@@ -39,7 +39,7 @@ def crop_batch(split: SplitData, indices: np.ndarray, crop_length: int, seed: in
             pieces.append(split.read(int(i), start, start + crop_length))
         else:
             pieces.append(split.read(int(i)))
-    return pad(pieces)
+    return pad(pieces, split.value_scale)
 
 
 def whole_batches(split: SplitData, batch_size: int) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
@@ -48,11 +48,11 @@ def whole_batches(split: SplitData, batch_size: int) -> Iterator[tuple[np.ndarra
     order = order[split.lengths[order] > 0]
     for i in range(0, len(order), batch_size):
         indices = order[i:i + batch_size]
-        x, mask = pad([split.read(int(j)) for j in indices])
+        x, mask = pad([split.read(int(j)) for j in indices], split.value_scale)
         yield indices, x, mask
 
 
-def pad(pieces: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+def pad(pieces: list[np.ndarray], value_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     length = max(len(p) for p in pieces)
     frame_shape = pieces[0].shape[1:]
     x = np.zeros((len(pieces), length, *frame_shape), dtype=np.float32)
@@ -60,4 +60,6 @@ def pad(pieces: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     for b, piece in enumerate(pieces):
         x[b, :len(piece)] = piece
         mask[b, :len(piece)] = 1.0
+    if value_scale != 1.0:
+        x *= value_scale
     return torch.from_numpy(x), torch.from_numpy(mask)

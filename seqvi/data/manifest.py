@@ -19,6 +19,12 @@ from seqvi.errors import RecipeError, SeqviError
 MANIFEST_DIR = Path(__file__).resolve().parents[2] / "datasets"
 
 
+def manifest_dir() -> Path:
+    """``$SEQVI_MANIFESTS`` (extra or private data sets), else the repository's ``datasets/``."""
+    env = os.environ.get("SEQVI_MANIFESTS")
+    return Path(env).expanduser() if env else MANIFEST_DIR
+
+
 @dataclass(frozen=True)
 class Manifest:
     name: str
@@ -34,11 +40,11 @@ class Manifest:
 
 
 def available() -> list[str]:
-    return sorted(p.stem for p in MANIFEST_DIR.glob("*.yaml"))
+    return sorted(p.stem for p in manifest_dir().glob("*.yaml"))
 
 
 def load_manifest(name: str) -> Manifest:
-    path = MANIFEST_DIR / f"{name}.yaml"
+    path = manifest_dir() / f"{name}.yaml"
     if not path.exists():
         raise SeqviError(f"unknown data set '{name}' (known: {', '.join(available())})")
     raw = read_yaml(path)

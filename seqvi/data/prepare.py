@@ -18,23 +18,24 @@ from seqvi.errors import DataError
 Progress = Callable[[str, int, int | None], None]
 
 
-def _download_http(manifest, raw: Path, progress: Progress | None):
+def _download_http(manifest, raw: Path, progress: Progress | None, limit: int | None = None):
     return fetch_files(list(manifest.files), raw, progress=progress)
 
 
-def _download_music21(manifest, raw: Path, progress: Progress | None):
-    return export_bach_chorales(raw, progress=progress)
+def _download_music21(manifest, raw: Path, progress: Progress | None, limit: int | None = None):
+    return export_bach_chorales(raw, progress=progress, limit=limit)
 
 
 DOWNLOADERS = {"http": _download_http, "music21": _download_music21}
 ADAPTERS = {"midi": preprocess_midi}
 
 
-def download(name: str, root: str | None = None, progress: Progress | None = None):
+def download(name: str, root: str | None = None, progress: Progress | None = None,
+             limit: int | None = None):
     manifest = load_manifest(name)
     raw = raw_dir(name, root)
     raw.mkdir(parents=True, exist_ok=True)
-    return raw, DOWNLOADERS[manifest.download](manifest, raw, progress)
+    return raw, DOWNLOADERS[manifest.download](manifest, raw, progress, limit)
 
 
 def find_source(name: str, root: str | None = None) -> Path:

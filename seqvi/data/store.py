@@ -8,7 +8,9 @@ Layout of ``<root>/processed/NAME.h5``::
     attrs (file)      dataset, adapter, adapter_version, frame_shape, dtype,
                       likelihood ("bernoulli" | "gaussian"), resolution text,
                       steps_per_beat, sources (JSON: file -> sha256), skipped (JSON),
-                      mean / std (per feature, from the training split)
+                      mean / std (per feature, from the training split),
+                      value_scale (optional: batches multiply stored values by it,
+                      e.g. 1/255 for uint8 video)
 
 The writer streams sequence by sequence into resizable chunked datasets, so
 memory does not grow with the corpus, and writes under a temporary name that
@@ -112,7 +114,8 @@ class StoreWriter:
 class SplitData:
     """One split of an open store: lengths up front, frames read on demand."""
 
-    def __init__(self, group: h5py.Group, path: Path, split: str):
+    def __init__(self, group: h5py.Group, path: Path, split: str, value_scale: float = 1.0):
+        self.value_scale = float(value_scale)  # multiplies stored values when batches are made
         try:
             self.frames = group["frames"]
             self.offsets = np.asarray(group["offsets"][:], dtype=np.int64)
@@ -166,7 +169,8 @@ class Store:
         if name not in self._splits:
             if name not in self.file:
                 raise DataError(f"{self.path}: no split '{name}' (has: {', '.join(self.splits)})")
-            self._splits[name] = SplitData(self.file[name], self.path, name)
+            self._splits[name] = SplitData(self.file[name], self.path, name,
+                                           float(self.attrs.get("value_scale", 1.0)))
         return self._splits[name]
 
     def close(self) -> None:
