@@ -172,7 +172,7 @@ def sample(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run direct
     from seqvi.engine.run import load_run
     from seqvi.engine.sample import sample_sequences
     from seqvi.engine.setup import configure_threads
-    from seqvi.report import console, plot_piano_rolls
+    from seqvi.report import console, plot_samples
 
     configure_threads(threads)
     run = load_run(checkpoint, device)
@@ -189,10 +189,10 @@ def sample(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run direct
     x = sample_sequences(run.model, run.inference, num, length, prime=prime_x, seed=seed).cpu().numpy()
     out_dir = out or run.run_dir / "samples"
     paths = SAMPLE_WRITERS[run.spec.adapter](x, out_dir, run.spec)
-    png = plot_piano_rolls(x, out_dir / "samples.png", primed=prime)
+    png = plot_samples(run.spec.adapter, x, out_dir / "samples.png", primed=prime)
     for path in paths:
         console.print(f"wrote {path}")
-    console.print(f"piano rolls: {png}")
+    console.print(f"picture: {png}")
 
 
 def _skipped(skipped: list) -> list[str]:

@@ -34,6 +34,7 @@ class SequenceTerms:
     recon: Tensor   # (B, T)
     kl: Tensor      # (B, T)
     mask: Tensor    # (B, T)
+    aux: Tensor | None = None   # (B, T) q-only loss (AVF's earlier iterations), if any
 
     @property
     def free_energy(self) -> Tensor:
@@ -44,16 +45,20 @@ def filter_sequence(model: Any, inference: Any, x: Tensor, mask: Tensor) -> Sequ
     """One filtering pass with one reparameterized sample per step."""
     batch, steps = mask.shape
     state = model.initial_state(batch)
-    recon, kl = [], []
+    q_state = inference.initial_state(batch)
+    recon, kl, aux = [], [], []
     for t in range(steps):
         x_t = x[:, t]
         p_z = model.prior(state)
-        q_z = inference.posterior(model, x_t, state, p_z)
-        terms = step_free_energy(model, q_z, p_z, x_t, state)
+        q = inference.posterior(model, x_t, state, p_z, q_state)
+        terms = step_free_energy(model, q.q_z, p_z, x_t, state)
         recon.append(terms.recon)
         kl.append(terms.kl)
-        state = model.advance(state, x_t, terms.z)
-    return SequenceTerms(torch.stack(recon, 1) * mask, torch.stack(kl, 1) * mask, mask)
+        if q.aux is not None:
+            aux.append(q.aux)
+        state, q_state = model.advance(state, x_t, terms.z), q.q_state
+    return SequenceTerms(torch.stack(recon, 1) * mask, torch.stack(kl, 1) * mask, mask,
+                         torch.stack(aux, 1) * mask if aux else None)
 
 
 def training_loss(terms: SequenceTerms, kl_weight: float = 1.0) -> Tensor:

@@ -156,6 +156,11 @@ def plot_free_energy(result: Any, path: Path) -> Path:
     return path
 
 
+def plot_samples(adapter: str, x: np.ndarray, path: Path, primed: int = 0) -> Path:
+    """A PNG of generated sequences, drawn the way their kind of data is looked at."""
+    return SAMPLE_PLOTS[adapter](x, path, primed)
+
+
 def plot_piano_rolls(rolls: np.ndarray, path: Path, primed: int = 0, low_pitch: int = 21) -> Path:
     """PNG with one piano roll per sample (time across, pitch up); primed steps shaded."""
     plt = _pyplot()
@@ -173,3 +178,6 @@ def plot_piano_rolls(rolls: np.ndarray, path: Path, primed: int = 0, low_pitch: 
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+SAMPLE_PLOTS = {"midi": plot_piano_rolls}

@@ -33,7 +33,9 @@ def load_run(path: str | Path, device: str = "auto") -> LoadedRun:
     state = checkpoint.load(ckpt_path, map_location=dev)
     try:
         recipe = recipe_from_dict(state["config"], source=str(ckpt_path))
-        spec = DataSpec(**state["data"])
+        data = dict(state["data"])
+        data["frame_shape"] = tuple(data.get("frame_shape", ()))
+        spec = DataSpec(**data)
     except (KeyError, TypeError, RecipeError) as err:
         raise CheckpointError(f"{ckpt_path}: checkpoint config is unusable ({err})") from None
     model, inference = build(recipe, spec, dev)

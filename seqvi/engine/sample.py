@@ -25,13 +25,15 @@ def sample_sequences(model: Any, inference: Any, num: int, length: int, *,
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         state = model.initial_state(num)
+        q_state = inference.initial_state(num)
         frames = []
         primed = 0 if prime is None else prime.shape[1]
         for t in range(length):
             p_z = model.prior(state)
             if t < primed:
                 x_t = prime[:, t].to(device)
-                z = inference.posterior(model, x_t, state, p_z).sample()
+                q = inference.posterior(model, x_t, state, p_z, q_state)
+                z, q_state = q.q_z.sample(), q.q_state
             else:
                 z = p_z.sample()
                 p_x = model.emission(z, state)

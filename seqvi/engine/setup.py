@@ -7,6 +7,7 @@ store's attributes), the recipe every other constructor argument.
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 import torch
@@ -49,6 +50,7 @@ class DataSpec:
     likelihood: str
     adapter: str = "midi"
     steps_per_beat: int = 1
+    frame_shape: tuple = ()
 
     @classmethod
     def from_store(cls, store: Store, dataset: str) -> "DataSpec":
@@ -56,7 +58,8 @@ class DataSpec:
         for s in store.frame_shape:
             x_dim *= s
         return cls(dataset, str(store.path), x_dim, store.likelihood,
-                   str(store.attrs.get("adapter", "midi")), int(store.attrs.get("steps_per_beat", 1)))
+                   str(store.attrs.get("adapter", "midi")), int(store.attrs.get("steps_per_beat", 1)),
+                   tuple(store.frame_shape))
 
 
 def open_store(recipe: Recipe) -> Store:
@@ -88,8 +91,10 @@ def build(recipe: Recipe, spec: DataSpec, device: torch.device):
     """(model, inference) on ``device``, initialized from ``recipe.seed``."""
     model_cls, model_kwargs, inf_cls, inf_kwargs = build_kwargs(recipe)
     torch.manual_seed(recipe.seed)
+    accepted = inspect.signature(model_cls.__init__).parameters
+    data_kwargs = {k: getattr(spec, k) for k in DATA_ARGS if k in accepted}
     try:
-        model = model_cls(x_dim=spec.x_dim, likelihood=spec.likelihood, **model_kwargs)
+        model = model_cls(**data_kwargs, **model_kwargs)
         inference = inf_cls(model, **inf_kwargs)
     except (ValueError, TypeError) as err:
         raise RecipeError(f"model/inference settings rejected: {err}") from None

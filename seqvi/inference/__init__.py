@@ -1,8 +1,10 @@
 """Inference procedures (q only). ``INFERENCE`` maps recipe names to classes.
 
-Each is an ``nn.Module`` built as ``cls(model, **recipe_kwargs)`` with
-``posterior(model, x_t, state, p_z) -> Normal``.
+Each is an ``Inference`` module built as ``cls(model, **recipe_kwargs)``;
+the step contract is in ``seqvi.inference.base``.
 """
+
+from seqvi.inference.base import Inference, Posterior
 
 from seqvi.inference.direct import DirectFilter
 

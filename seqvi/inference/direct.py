@@ -15,15 +15,16 @@ from typing import Any, Optional
 from torch import Tensor, nn
 from torch.distributions import Normal
 
+from seqvi.inference.base import Inference, Posterior
 from seqvi.models.base import GaussianHead, mlp
 
 
-class DirectFilter(nn.Module):
+class DirectFilter(Inference):
     def __init__(self, model: Any, hidden_sizes: Optional[list[int]] = None):
         super().__init__()
         sizes = list(hidden_sizes) if hidden_sizes is not None else [model.feature_size // 2 or 1]
         self.net = nn.Sequential(mlp([model.feature_size] + sizes), GaussianHead(sizes[-1] if sizes else model.feature_size, model.z_dim))
 
-    def posterior(self, model: Any, x: Tensor, state: Any, p_z: Normal) -> Normal:
+    def posterior(self, model: Any, x: Tensor, state: Any, p_z: Normal, q_state: Any = None) -> Posterior:
         """q(z_t | x_t, h_{t-1}) for a batch: x (B, *X) -> Normal over (B, Z)."""
-        return self.net(model.features(x, state))
+        return Posterior(self.net(model.features(x, state)))

@@ -8,4 +8,4 @@ MODELS: dict[str, type[SequentialModel]] = {
 }
 
 # Constructor arguments the data supplies (from the store), not the recipe.
-DATA_ARGS = ("x_dim", "likelihood")
+DATA_ARGS = ("x_dim", "likelihood", "frame_shape")

@@ -1,0 +1,31 @@
+"""The inference contract: one filtering step of q, for any model.
+
+    initial_state(batch_size) -> q_state          state of q's own recurrence (None if stateless)
+    posterior(model, x_t, state, p_z, q_state)    -> Posterior(q_z, q_state, aux)
+
+``q_z`` is a Normal over (B, Z). ``q_state`` carries what q alone remembers
+(e.g. SVG's posterior LSTM over frames); it is a tuple of batch-first tensors
+or None. ``aux`` is an optional (B,) loss that trains only q's parameters
+(AVF: the free energy at every iteration before the last), or None.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+from torch import Tensor, nn
+from torch.distributions import Normal
+
+
+class Posterior(NamedTuple):
+    q_z: Normal
+    q_state: Any = None
+    aux: Optional[Tensor] = None   # (B,) extra loss for q's parameters only
+
+
+class Inference(nn.Module):
+    def initial_state(self, batch_size: int) -> Any:
+        return None
+
+    def posterior(self, model: Any, x: Tensor, state: Any, p_z: Normal, q_state: Any = None) -> Posterior:
+        raise NotImplementedError
