@@ -26,7 +26,6 @@ import yaml
 
 from seqvi.errors import RecipeError
 
-MAX_YAML_ALIASES = 100
 
 
 @dataclass(frozen=True)
@@ -75,17 +74,22 @@ OPEN_SECTIONS = ("model", "inference")
 # --------------------------------------------------------------------------- YAML
 
 
-class _CappedLoader(yaml.SafeLoader):
-    """Safe loader that refuses documents with many aliases ("billion laughs")."""
+MAX_YAML_NODES = 100_000
 
-    def compose_node(self, parent, index):  # noqa: D401 - yaml hook
-        if self.check_event(yaml.AliasEvent):
-            self._aliases = getattr(self, "_aliases", 0) + 1
-            if self._aliases > MAX_YAML_ALIASES:
-                raise RecipeError(
-                    f"{self.name}: more than {MAX_YAML_ALIASES} YAML aliases; refusing to expand"
-                )
-        return super().compose_node(parent, index)
+
+def _expanded_size(node: yaml.Node, memo: dict) -> int:
+    """Number of nodes once every alias is expanded (memoized: shared nodes count each time)."""
+    key = id(node)
+    if key not in memo:
+        memo[key] = 0  # a recursive alias counts once
+        if isinstance(node, yaml.MappingNode):
+            size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            size = 1 + sum(_expanded_size(v, memo) for v in node.value)
+        else:
+            size = 1
+        memo[key] = min(size, MAX_YAML_NODES + 1)
+    return memo[key]
 
 
 def read_yaml(path: str | Path) -> Any:
@@ -97,10 +101,15 @@ def read_yaml(path: str | Path) -> Any:
         raise RecipeError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as err:
         raise RecipeError(f"{path}: cannot read ({err})") from None
-    loader = _CappedLoader(text)
-    loader.name = str(path)
+    loader = yaml.SafeLoader(text)
     try:
-        return loader.get_single_data()
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_YAML_NODES:
+            raise RecipeError(f"{path}: YAML expands to more than {MAX_YAML_NODES:,} nodes "
+                              f"(alias bomb?); refusing to load it")
+        return loader.construct_document(node)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -1,0 +1,69 @@
+"""Re-running train on a run directory resumes it exactly; different configs are refused."""
+
+import json
+
+import pytest
+import torch
+
+from seqvi.config import recipe_from_dict
+from seqvi.engine import checkpoint
+from seqvi.engine.train import train
+from seqvi.errors import SeqviError
+
+from conftest import tiny_recipe
+
+
+def params(run_dir):
+    state = checkpoint.load(run_dir / "checkpoints" / "last.pt")
+    return {**state["model"], **{f"q.{k}": v for k, v in state["inference"].items()}}
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_at(step):
+    def events(kind, info):
+        if kind == "step" and info["step"] == step:
+            raise Crash
+    return events
+
+
+def test_resume_between_epochs_is_exact(tiny_store, tmp_path):
+    full = recipe_from_dict(tiny_recipe(tiny_store, epochs=3))
+    train(full, tmp_path / "a", device="cpu")
+    train(recipe_from_dict(tiny_recipe(tiny_store, epochs=1)), tmp_path / "b", device="cpu")
+    result = train(full, tmp_path / "b", device="cpu")  # extending epochs resumes
+    assert result.resumed_step is not None and result.epoch == 3
+    assert_same(params(tmp_path / "a"), params(tmp_path / "b"))
+    lines = [json.loads(l) for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(l) for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [(l["step"], l.get("loss")) for l in lines] == [(l["step"], l.get("loss")) for l in ref]
+
+
+def test_crash_mid_epoch_resumes_from_step_checkpoint(tiny_store, tmp_path):
+    recipe = recipe_from_dict(tiny_recipe(tiny_store, epochs=2, checkpoint_every=1))
+    train(recipe, tmp_path / "a", device="cpu")
+    with pytest.raises(Crash):
+        train(recipe, tmp_path / "b", device="cpu", events=crash_at(4))
+    assert checkpoint.load(tmp_path / "b" / "checkpoints" / "last.pt")["step"] == 3
+    result = train(recipe, tmp_path / "b", device="cpu")
+    assert result.resumed_step == 3
+    assert_same(params(tmp_path / "a"), params(tmp_path / "b"))
+    steps = [json.loads(l)["step"] for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and len(steps) == len(set(steps)) + 2  # +2: the two epoch lines
+
+
+def test_different_config_refused_unless_force(tiny_store, tmp_path):
+    train(recipe_from_dict(tiny_recipe(tiny_store, epochs=1)), tmp_path / "r", device="cpu")
+    other = tiny_recipe(tiny_store, epochs=1, lr=0.5)
+    with pytest.raises(SeqviError, match=r"different config \(train.lr: 0.01 -> 0.5\).*--force"):
+        train(recipe_from_dict(other), tmp_path / "r", device="cpu")
+    result = train(recipe_from_dict(other), tmp_path / "r", device="cpu", force=True)
+    assert result.replaced == ["train.lr: 0.01 -> 0.5"] and result.resumed_step is None
