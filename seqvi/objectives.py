@@ -45,7 +45,7 @@ def filter_sequence(model: Any, inference: Any, x: Tensor, mask: Tensor) -> Sequ
     """One filtering pass with one reparameterized sample per step."""
     batch, steps = mask.shape
     state = model.initial_state(batch)
-    q_state = inference.initial_state(batch)
+    q_state = inference.initial_state(batch, x)
     recon, kl, aux = [], [], []
     for t in range(steps):
         x_t = x[:, t]

@@ -25,7 +25,7 @@ def sample_sequences(model: Any, inference: Any, num: int, length: int, *,
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         state = model.initial_state(num)
-        q_state = inference.initial_state(num)
+        q_state = inference.initial_state(num, prime)
         frames = []
         primed = 0 if prime is None else prime.shape[1]
         for t in range(length):
