@@ -126,27 +126,42 @@ def train(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
 
 @command
 def eval_(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run directory or checkpoint file."),
-             split: str = typer.Option("test", "--split", help="train, valid or test."),
-             per_step: bool = typer.Option(False, "--per-step", help="One row per time step."),
-             json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results here."),
-             device: str = DeviceOpt, threads: Optional[int] = ThreadsOpt,
-             seed: int = typer.Option(0, "--seed", help="Seed for the posterior samples.")) -> None:
-    """Free energy of a split per time step, with totals in nats/step and nats/sequence."""
+          split: str = typer.Option("test", "--split", help="train, valid or test."),
+          per_step: bool = typer.Option(False, "--per-step", help="One row per time step."),
+          json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results here."),
+          bound: str = typer.Option("none", "--bound", help="Also report a bound: elbo, iwae, fivo, all or none."),
+          particles: int = typer.Option(16, "--particles", min=1, help="Particles K for IWAE and FIVO."),
+          iterations: Optional[int] = typer.Option(None, "--iterations", min=1, help="AVF iterations per step at evaluation (default: the training value)."),
+          refine: int = typer.Option(0, "--refine", min=0, help="Measure the amortization gap with this many gradient steps per time step."),
+          refine_lr: float = typer.Option(0.05, "--refine-lr", help="Step size of the refinement."),
+          device: str = DeviceOpt, threads: Optional[int] = ThreadsOpt,
+          seed: int = typer.Option(0, "--seed", help="Seed for the posterior samples.")) -> None:
+    """Free energy of a split per time step (nats/step, nats/sequence), optional bounds and gap."""
     from seqvi.data.store import Store
     from seqvi.engine.evaluate import evaluate as run_evaluate
     from seqvi.engine.run import load_run
     from seqvi.engine.runs import write_text_atomic
     from seqvi.engine.setup import configure_threads
+    from seqvi.objectives import BOUNDS
     from seqvi.report import console, eval_table, plot_free_energy
 
+    choices = {"none": (), "all": tuple(BOUNDS), **{b: (b,) for b in BOUNDS}}
+    if bound not in choices:
+        raise SeqviError(f"--bound {bound}: expected one of {', '.join(choices)}")
     configure_threads(threads)
     run = load_run(checkpoint, device)
+    if iterations is not None:
+        if not run.inference.iterative:
+            raise SeqviError(f"--iterations: the run's inference '{run.recipe.inference['name']}' is not iterative")
+        run.inference.eval_iterations = iterations
     with Store(run.spec.store) as store:
         result = run_evaluate(run.model, run.inference, store.split(split), split, device=run.device,
-                              batch_size=run.recipe.data.eval_batch_size, seed=seed)
+                              batch_size=run.recipe.data.eval_batch_size, seed=seed, bounds=choices[bound],
+                              particles=particles, refine={"steps": refine, "lr": refine_lr} if refine else None)
     console.print(eval_table(result, per_step))
     payload = {**result.to_dict(), "checkpoint": str(run.checkpoint), "epoch": run.epoch, "step": run.step,
-               "dataset": run.spec.dataset, "seed": seed}
+               "dataset": run.spec.dataset, "seed": seed, "particles": particles,
+               "iterations": iterations, "refine_steps": refine}
     text = json.dumps(payload, indent=1)
     out = run.run_dir / "eval" / f"{split}.json"
     write_text_atomic(out, text)

@@ -4,7 +4,8 @@ A recipe is a YAML mapping with the sections below. Every key has a default in
 the dataclasses of this module (the one place that lists them, as DreamerV3's
 ``defaults`` block does). A recipe may say ``extends: other.yaml`` to stack on
 another recipe, and ``key.path=value`` overrides from the command line are
-applied last. Unknown keys and wrong types fail with the key's path.
+applied last (overriding ``model.name`` or ``inference.name`` with another
+name starts that section afresh). Unknown keys and wrong types fail with the key's path.
 
 The ``model`` and ``inference`` sections are open: besides ``name`` their keys
 are the keyword arguments of the registered constructor, checked against its
@@ -42,12 +43,15 @@ class DataConfig:
 class ObjectiveConfig:
     kl_anneal_epochs: int = 0        # linear KL weight from kl_start to 1 over these epochs
     kl_start: float = 0.0
+    bound: str = "elbo"              # elbo (analytic KL) | iwae | fivo
+    particles: int = 1               # K for iwae / fivo training
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 10
     lr: float = 1e-3
+    inference_lr: Optional[float] = None   # q's parameters (AVF paper: separate Adam); None = lr
     lr_decay: float = 1.0            # multiplicative, once per epoch
     clip_grad: float = 10.0          # max global grad norm; 0 disables
     log_every: int = 10              # steps between metrics lines
@@ -125,7 +129,14 @@ def read_yaml(path: str | Path) -> Any:
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Read a recipe (following ``extends``), apply ``a.b=value`` overrides, validate."""
     raw = _read_stacked(Path(path), seen=())
-    for item in overrides:
+    # A new model.name / inference.name starts that section afresh (its old keys
+    # belong to another constructor); the section's other overrides then apply.
+    names = [o for o in overrides if o.split("=", 1)[0].strip() in {f"{s}.name" for s in OPEN_SECTIONS}]
+    for item in names:
+        section, value = item.split(".", 1)[0], yaml.safe_load(item.split("=", 1)[1])
+        if not isinstance(raw.get(section), dict) or raw[section].get("name") != value:
+            raw[section] = {}
+    for item in names + [o for o in overrides if o not in names]:
         _apply_override(raw, item)
     return recipe_from_dict(raw, source=str(path))
 

@@ -16,6 +16,8 @@ from rich.table import Table
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+if not console.is_terminal:  # logs and pipes: tables keep their numbers whole
+    console.width = max(console.width, 160)
 
 
 # --------------------------------------------------------------------------- progress
@@ -81,9 +83,10 @@ def eval_table(result: Any, per_step: bool = False, title: str | None = None) ->
     """Free energy per time step: mean over the sequences active at those steps."""
     length = len(result.active)
     rows = [(t, t) for t in range(1, length + 1)] if per_step else buckets(length)
+    extra = list(result.extra)
     table = Table(title=title or f"free energy per time step — {result.split} (nats, lower is better)")
     table.add_column("t", justify="right")
-    for name in ("free energy", "reconstruction", "KL", "active seqs"):
+    for name in ("free energy", "reconstruction", "KL", *extra, "active seqs"):
         table.add_column(name, justify="right")
     for lo, hi in rows:
         sl = slice(lo - 1, hi)
@@ -92,14 +95,18 @@ def eval_table(result: Any, per_step: bool = False, title: str | None = None) ->
             continue
         recon, kl = result.recon[sl].sum() / n, result.kl[sl].sum() / n
         label = str(lo) if lo == hi else f"{lo}–{hi}"
-        table.add_row(label, f"{recon + kl:.4f}", f"{recon:.4f}", f"{kl:.4f}", f"{int(result.active[lo - 1])}")
+        cells = [f"{result.extra[c][sl].sum() / n:.4f}" for c in extra]
+        table.add_row(label, f"{recon + kl:.4f}", f"{recon:.4f}", f"{kl:.4f}", *cells,
+                      f"{int(result.active[lo - 1])}")
     steps = max(result.steps, 1)
     table.add_section()
     table.add_row("per step", f"{result.nats_per_step:.4f}", f"{result.recon.sum() / steps:.4f}",
-                  f"{result.kl.sum() / steps:.4f}", f"{result.num_sequences}", style="bold")
+                  f"{result.kl.sum() / steps:.4f}", *[f"{result.column_totals(c)[0]:.4f}" for c in extra],
+                  f"{result.num_sequences}", style="bold")
     seqs = max(result.num_sequences, 1)
     table.add_row("per sequence", f"{result.nats_per_sequence:.2f}", f"{result.recon.sum() / seqs:.2f}",
-                  f"{result.kl.sum() / seqs:.2f}", f"{result.steps} steps", style="bold")
+                  f"{result.kl.sum() / seqs:.2f}", *[f"{result.column_totals(c)[1]:.2f}" for c in extra],
+                  f"{result.steps} steps", style="bold")
     return table
 
 

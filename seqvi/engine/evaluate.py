@@ -1,17 +1,23 @@
-"""Evaluation: the free energy of a whole split, per time step and in total.
+"""Evaluation: the free energy of a whole split per time step, tighter bounds, the gap.
 
-Every sequence is filtered whole (no crops), one reparameterized sample per
-step, under a fixed seed so that a number can be reproduced. Per-step sums
-over sequences are accumulated, so the report can show F_t, its
-reconstruction and KL parts, and how many sequences are still active at t.
+Every sequence is filtered whole (no crops) under a fixed seed, so a number
+can be reproduced. Per-step sums over sequences are accumulated, so the
+report shows F_t, its reconstruction and KL parts, and how many sequences are
+still active at t. Optional columns, all in nats (negated log-likelihood
+bounds, so lower is better and comparable with F):
 
-Units: nats per time step = sum of F over the split / number of real steps;
+* ``-ELBO``, ``-IWAE(K)``, ``-FIVO(K)``: the particle bounds' per-step increments,
+* ``-log p (exact)``: when the model offers ``exact_log_likelihood`` (Kalman),
+* ``gap``: the amortization gap, the drop of F_t under per-step refinement.
+
+Units: nats per time step = sum over the split / number of real steps;
 nats per sequence = the same sum / number of sequences.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
@@ -19,7 +25,12 @@ import torch
 
 from seqvi.data.batches import whole_batches
 from seqvi.data.store import SplitData
-from seqvi.objectives import filter_sequence
+from seqvi.inference.refine import refine as refine_step
+from seqvi.objectives import BOUNDS, filter_sequence, particle_bound
+
+
+def _grow(a: np.ndarray, length: int) -> np.ndarray:
+    return np.pad(a, (0, length - len(a))) if length > len(a) else a
 
 
 @dataclass
@@ -29,6 +40,7 @@ class EvalResult:
     kl: np.ndarray = field(default_factory=lambda: np.zeros(0))      # (T_max,)
     active: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (T_max,) sequences with step t
     num_sequences: int = 0
+    extra: dict = field(default_factory=dict)                        # column -> (T_max,) sums, nats
 
     @property
     def steps(self) -> int:
@@ -46,18 +58,24 @@ class EvalResult:
     def nats_per_sequence(self) -> float:
         return self.total / max(self.num_sequences, 1)
 
-    def add(self, recon: np.ndarray, kl: np.ndarray, mask: np.ndarray) -> None:
-        length = recon.shape[1]
-        if length > len(self.recon):
-            grow = length - len(self.recon)
-            self.recon, self.kl, self.active = (np.pad(a, (0, grow)) for a in (self.recon, self.kl, self.active))
-        self.recon[:length] += recon.sum(0)
-        self.kl[:length] += kl.sum(0)
-        self.active[:length] += mask.sum(0)
+    def add(self, recon: np.ndarray, kl: np.ndarray, mask: np.ndarray, **extra: np.ndarray) -> None:
+        length = max(recon.shape[1], len(self.recon))
+        self.recon, self.kl, self.active = (_grow(a, length) for a in (self.recon, self.kl, self.active))
+        self.recon[:recon.shape[1]] += recon.sum(0)
+        self.kl[:recon.shape[1]] += kl.sum(0)
+        self.active[:recon.shape[1]] += mask.sum(0)
+        for name, values in extra.items():
+            column = _grow(self.extra.get(name, np.zeros(0)), length)
+            column[:values.shape[1]] += values.sum(0)
+            self.extra[name] = column
         self.num_sequences += recon.shape[0]
 
+    def column_totals(self, name: str) -> tuple[float, float]:
+        total = float(self.extra[name].sum())
+        return total / max(self.steps, 1), total / max(self.num_sequences, 1)
+
     def to_dict(self) -> dict:
-        return {
+        out = {
             "split": self.split,
             "nats_per_step": self.nats_per_step,
             "nats_per_sequence": self.nats_per_sequence,
@@ -65,31 +83,54 @@ class EvalResult:
             "kl_per_step": float(self.kl.sum()) / max(self.steps, 1),
             "num_sequences": self.num_sequences,
             "num_steps": self.steps,
-            "per_step": {
-                "recon": self.recon.tolist(),
-                "kl": self.kl.tolist(),
-                "active": self.active.astype(int).tolist(),
-            },
+            "per_step": {"recon": self.recon.tolist(), "kl": self.kl.tolist(),
+                         "active": self.active.astype(int).tolist()},
         }
+        for name in self.extra:
+            per_step, per_seq = self.column_totals(name)
+            out.setdefault("columns", {})[name] = {"nats_per_step": per_step, "nats_per_sequence": per_seq}
+            out["per_step"][name] = self.extra[name].tolist()
+        return out
+
+
+def bound_label(name: str, particles: int) -> str:
+    return "-ELBO" if name == "elbo" else f"-{name.upper()}({particles})"
 
 
 @torch.no_grad()
 def evaluate(model: Any, inference: Any, split: SplitData, name: str, *, batch_size: int,
-             device: torch.device, seed: int = 0,
-             progress: Callable[[int, int], None] | None = None) -> EvalResult:
-    """Free energy of every sequence of ``split``; the global RNG is left untouched."""
+             device: torch.device, seed: int = 0, bounds: tuple[str, ...] = (), particles: int = 1,
+             refine: dict | None = None, progress: Callable[[int, int], None] | None = None) -> EvalResult:
+    """Free energy (and optional bounds, exact likelihood, gap) of every sequence of ``split``.
+
+    The global RNG is left untouched (evaluation runs under its own seed).
+    """
     result = EvalResult(name)
     was_training = model.training, inference.training
     model.eval()
     inference.eval()
     devices = [device.index or 0] if device.type == "cuda" else []
+    refine_fn = partial(refine_step, **refine) if refine else None
+    exact = getattr(model, "exact_log_likelihood", None)
     total = len(split)
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for _, x, mask in whole_batches(split, batch_size):
-            terms = filter_sequence(model, inference, x.to(device), mask.to(device))
+            x, mask = x.to(device), mask.to(device)
+            terms = filter_sequence(model, inference, x, mask, refine=refine_fn)
+            extra = {}
+            for bound in bounds:
+                resample, fixed = BOUNDS[bound]
+                k = fixed or particles
+                b = particle_bound(model, inference, x, mask, k, resample)
+                extra[bound_label(bound, k)] = -b.increments
+            if exact is not None:
+                extra["-log p (exact)"] = -exact(x, mask)
+            if terms.gap is not None:
+                extra["gap"] = terms.gap
             result.add(terms.recon.double().cpu().numpy(), terms.kl.double().cpu().numpy(),
-                       mask.double().numpy())
+                       mask.double().cpu().numpy(),
+                       **{k: (v * mask).double().cpu().numpy() for k, v in extra.items()})
             if progress:
                 progress(result.num_sequences, total)
     model.train(was_training[0])

@@ -2,7 +2,8 @@
 
 Per step: a batch of random crops (B, L, *X) with mask (B, L) -> one
 filtering pass -> masked free energy (KL-annealed) -> Adam step with the
-global gradient norm clipped. Per epoch: learning-rate decay, validation on
+global gradient norm clipped. An inference procedure's ``aux`` loss (AVF's
+earlier iterates) reaches only the inference parameters. Per epoch: learning-rate decay, validation on
 whole sequences, ``last.pt`` (and ``best.pt`` when validation improves).
 
 Exact resume: the batch order and crops are pure functions of
@@ -28,7 +29,7 @@ from seqvi.engine import checkpoint, runs
 from seqvi.engine.evaluate import evaluate
 from seqvi.engine.setup import DataSpec, build, open_store, resolve_device
 from seqvi.errors import CheckpointError, SeqviError
-from seqvi.objectives import filter_sequence, kl_weight, training_loss
+from seqvi.objectives import BOUNDS, bound_loss, filter_sequence, kl_weight, particle_bound, training_loss
 
 Events = Callable[[str, dict], None]
 
@@ -57,11 +58,17 @@ def train(recipe: Recipe, run_dir: str | Path, *, device: str = "auto", force: b
     train_split = store.split("train")
     valid_split = store.split(cfg.valid_split)
 
+    bound, particles = recipe.objective.bound, recipe.objective.particles
+    if bound not in BOUNDS:
+        raise SeqviError(f"objective.bound {bound!r}: expected one of {', '.join(BOUNDS)}")
     config = recipe.to_dict()
     resume, replaced = runs.prepare(run_dir, config, force)
     model, inference = build(recipe, spec, dev)
-    params = list(model.parameters()) + list(inference.parameters())
-    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    theta, phi = list(model.parameters()), list(inference.parameters())
+    params = theta + phi
+    # Adam is per parameter, so two groups are two optimizers with their own rates.
+    optimizer = torch.optim.Adam([{"params": theta, "lr": cfg.lr},
+                                  {"params": phi, "lr": cfg.inference_lr or cfg.lr}])
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_decay)
     metrics = runs.Metrics(run_dir / "metrics.jsonl")
     ckpt_dir = run_dir / "checkpoints"
@@ -108,13 +115,21 @@ def train(recipe: Recipe, run_dir: str | Path, *, device: str = "auto", force: b
             x, mask = crop_batch(train_split, order[b], recipe.data.crop_length, recipe.seed, epoch, b)
             x, mask = x.to(dev), mask.to(dev)
             beta = kl_weight(epoch, b, len(order), recipe.objective.kl_anneal_epochs, recipe.objective.kl_start)
-            terms = filter_sequence(model, inference, x, mask)
-            loss = training_loss(terms, beta)
+            if bound == "elbo":
+                terms = filter_sequence(model, inference, x, mask)
+                loss = training_loss(terms, beta)
+            else:  # IWAE / FIVO: -log p_hat per step; KL annealing does not apply
+                terms = particle_bound(model, inference, x, mask, particles, BOUNDS[bound][0])
+                loss = bound_loss(terms)
             if not torch.isfinite(loss):
                 raise SeqviError(f"non-finite loss at step {step + 1} (epoch {epoch + 1}); "
                                  f"last good checkpoint: {ckpt_dir / 'last.pt'}; try a lower train.lr")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if getattr(terms, "aux", None) is None:
+                loss.backward()
+            else:  # AVF: theta learns from the final iterate only, phi from every iterate
+                loss.backward(retain_graph=True)
+                (terms.aux.sum() / terms.mask.sum().clamp_min(1.0)).backward(inputs=phi)
             if cfg.clip_grad > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
             optimizer.step()

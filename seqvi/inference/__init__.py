@@ -7,7 +7,9 @@ the step contract is in ``seqvi.inference.base``.
 from seqvi.inference.base import Inference, Posterior
 
 from seqvi.inference.direct import DirectFilter
+from seqvi.inference.iterative import AVF
 
 INFERENCE = {
     "direct": DirectFilter,
+    "avf": AVF,
 }

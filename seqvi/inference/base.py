@@ -27,6 +27,10 @@ class Posterior(NamedTuple):
 
 
 class Inference(nn.Module):
+    #: iterative procedures take another number of iterations for evaluation
+    iterative = False
+    eval_iterations: Optional[int] = None
+
     def initial_state(self, batch_size: int, x: Optional[Tensor] = None) -> Any:
         return None
 

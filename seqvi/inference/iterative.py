@@ -1,0 +1,130 @@
+"""Amortized variational filtering (AVF): iterative inference that works for any model.
+
+Marino, Cvitkovic & Yue, "A General Method for Amortizing Variational
+Filtering", NeurIPS 2018 (arXiv 1811.05090). At every step t, with the
+model's prior p(z_t | h_{t-1}) = N(mu_p, sigma_p) over (B, Z)::
+
+    lambda_t^0 = (mu_p, log sigma_p^2)                      (detached)
+    for k = 0 .. K-1:
+        g^k      = grad_lambda F_t(lambda^k)                (one reparameterized sample,
+                                                            analytic KL; an input, not differentiated)
+        u        = [LN(g_mu), LN(g_logvar), LN(mu), LN(logvar)]          (B, 4Z)
+        h        = highway ELU network(u)                   (B, H)
+        highway: mu <- s * mu + (1 - s) * W_mu h,   s = sigmoid(V_mu h)
+                 logvar likewise, clamped to [-15, 5]
+        sgd:     mu <- mu - sigmoid(V_mu h) * g_mu + W_mu h
+    q(z_t | .) = N(mu^K, exp(logvar^K / 2))
+
+LN normalizes each vector per example over its features (no affine). The
+network sees only distribution parameters and gradients, never x, so one
+module serves every model. Training (``aux``): phi learns from F_t at every
+iterate (F_t(lambda^1..K-1) are returned as ``aux``; F_t(lambda^K) is the
+objective itself), theta from F_t at the final iterate only; the engine
+keeps ``aux`` away from theta's gradients.
+
+Departures: sizes are configurable (paper: 2 x 1,024 ELU units); the first
+layer is a plain ELU layer, the following ones highway layers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Normal
+
+from seqvi.free_energy import step_free_energy
+from seqvi.inference.base import Inference, Posterior
+
+LOGVAR_MIN, LOGVAR_MAX = -15.0, 5.0
+UPDATES = ("highway", "sgd")
+
+
+def layer_norm(v: Tensor, eps: float = 1e-5) -> Tensor:
+    """Normalize each example over its features, no affine parameters: (B, Z) -> (B, Z)."""
+    mean = v.mean(-1, keepdim=True)
+    var = v.var(-1, unbiased=False, keepdim=True)
+    return (v - mean) / (var + eps).sqrt()
+
+
+class HighwayLayer(nn.Module):
+    """h <- g * h + (1 - g) * ELU(W h),  g = sigmoid(V h)."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.transform = nn.Linear(size, size)
+        self.gate = nn.Linear(size, size)
+
+    def forward(self, h: Tensor) -> Tensor:
+        g = torch.sigmoid(self.gate(h))
+        return g * h + (1 - g) * nn.functional.elu(self.transform(h))
+
+
+class AVF(Inference):
+    """Iterative amortized filtering; ``iterations`` K per step (eval may set another K)."""
+
+    iterative = True
+
+    def __init__(self, model: Any, iterations: int = 1, hidden_size: int = 1024, layers: int = 2,
+                 update: str = "highway"):
+        super().__init__()
+        if iterations < 1:
+            raise ValueError("inference.iterations must be at least 1")
+        if update not in UPDATES:
+            raise ValueError(f"inference.update must be one of {UPDATES}")
+        if layers < 1:
+            raise ValueError("inference.layers must be at least 1")
+        z = model.z_dim
+        self.iterations, self.update = iterations, update
+        self.eval_iterations: Optional[int] = None     # set by `seqvi eval --iterations`
+        self.input = nn.Sequential(nn.Linear(4 * z, hidden_size), nn.ELU())
+        self.highway = nn.Sequential(*[HighwayLayer(hidden_size) for _ in range(layers - 1)])
+        self.loc_out = nn.Linear(hidden_size, z)
+        self.loc_gate = nn.Linear(hidden_size, z)
+        self.logvar_out = nn.Linear(hidden_size, z)
+        self.logvar_gate = nn.Linear(hidden_size, z)
+        for gate in (self.loc_gate, self.logvar_gate):
+            nn.init.constant_(gate.bias, 1.0 if update == "highway" else -2.0)
+
+    def steps(self) -> int:
+        if not self.training and self.eval_iterations is not None:
+            return self.eval_iterations
+        return self.iterations
+
+    def posterior(self, model: Any, x: Tensor, state: Any, p_z: Normal, q_state: Any = None) -> Posterior:
+        loc = p_z.loc.detach()
+        logvar = (2 * p_z.scale.log()).detach()
+        aux = []
+        K = self.steps()
+        with torch.enable_grad():  # the gradient inputs are needed in evaluation too
+            for k in range(K):
+                if k == 0:
+                    loc_in = loc.requires_grad_(True)
+                    logvar_in = logvar.requires_grad_(True)
+                else:
+                    loc_in, logvar_in = loc, logvar
+                q_k = Normal(loc_in, (0.5 * logvar_in).exp(), validate_args=False)
+                terms = step_free_energy(model, q_k, p_z, x, state)
+                f_k = terms.recon + terms.kl                                  # (B,)
+                grad_loc, grad_logvar = torch.autograd.grad(
+                    f_k.sum(), (loc_in, logvar_in), retain_graph=k > 0 and self.training)
+                if k > 0 and self.training:
+                    aux.append(f_k)
+                loc, logvar = self._update(loc_in if k > 0 else loc_in.detach(),
+                                           logvar_in if k > 0 else logvar_in.detach(),
+                                           grad_loc.detach(), grad_logvar.detach())
+        q_z = Normal(loc, (0.5 * logvar).exp(), validate_args=False)
+        return Posterior(q_z, q_state, torch.stack(aux).sum(0) if aux else None)
+
+    def _update(self, loc: Tensor, logvar: Tensor, g_loc: Tensor, g_logvar: Tensor) -> tuple[Tensor, Tensor]:
+        u = torch.cat([layer_norm(g_loc), layer_norm(g_logvar), layer_norm(loc), layer_norm(logvar)], -1)
+        h = self.highway(self.input(u))                                        # (B, H)
+        if self.update == "highway":
+            s_loc, s_lv = torch.sigmoid(self.loc_gate(h)), torch.sigmoid(self.logvar_gate(h))
+            loc = s_loc * loc + (1 - s_loc) * self.loc_out(h)
+            logvar = s_lv * logvar + (1 - s_lv) * self.logvar_out(h)
+        else:
+            loc = loc - torch.sigmoid(self.loc_gate(h)) * g_loc + self.loc_out(h)
+            logvar = logvar - torch.sigmoid(self.logvar_gate(h)) * g_logvar + self.logvar_out(h)
+        return loc, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
