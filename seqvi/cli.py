@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -42,8 +43,9 @@ def command(fn):
 
             from seqvi.report import err_console
 
-            err_console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
-            raise typer.Exit(2) from None
+            label = "error" if err.exit_code == 2 else "stopped"
+            err_console.print(f"[bold red]{label}:[/] {escape(str(err))}", soft_wrap=True)
+            raise typer.Exit(err.exit_code) from None
 
     return app.command(name=fn.__name__.rstrip("_").replace("_", "-"))(wrapper)
 
@@ -105,8 +107,11 @@ def train(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
           overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value overrides."),
           run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default runs/<recipe name>)."),
           device: str = DeviceOpt, threads: Optional[int] = ThreadsOpt,
-          force: bool = typer.Option(False, "--force", help="Replace a run directory whose config differs.")) -> None:
-    """Train (or resume) a run described by a recipe."""
+          force: bool = typer.Option(False, "--force", help="Replace a run directory whose config differs."),
+          nproc: int = typer.Option(1, "--nproc", min=1, help="Launch this many data-parallel processes with torchrun.")) -> None:
+    """Train (or resume) a run described by a recipe. SIGTERM/SIGUSR1 checkpoint and exit 75 (requeue)."""
+    if nproc > 1:
+        raise typer.Exit(_launch_torchrun(nproc, recipe, overrides or [], run_dir, device, threads, force))
     from seqvi.config import load_recipe
     from seqvi.engine.setup import configure_threads, validate_sections
     from seqvi.engine.train import train as run_train
@@ -118,6 +123,8 @@ def train(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     target = run_dir or Path("runs") / recipe.stem
     with progress_bar() as bar:
         result = run_train(spec, target, device=device, force=force, events=TrainProgress(bar))
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun, rank 0 reports
     rate = result.train_steps / max(result.seconds, 1e-9)
     console.print(f"trained to epoch {result.epoch} (step {result.step}) in {result.seconds:.1f} s, "
                   f"{rate:,.0f} time steps/s; valid {result.last_valid:.4f} nats/step, best {result.best_valid:.4f}")
@@ -208,6 +215,23 @@ def sample(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run direct
     for path in paths:
         console.print(f"wrote {path}")
     console.print(f"picture: {png}")
+
+
+def _launch_torchrun(nproc: int, recipe: Path, overrides: list[str], run_dir: Optional[Path], device: str,
+                     threads: Optional[int], force: bool) -> int:
+    """Re-run this train command under ``torch.distributed.run`` with ``nproc`` processes."""
+    import subprocess
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise SeqviError("--nproc inside a torchrun job: drop --nproc (torchrun already started the processes)")
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            "-m", "seqvi"] + (["--debug"] if STATE["debug"] else []) + ["train", str(recipe), *overrides,
+            "--run-dir", str(run_dir or Path("runs") / recipe.stem), "--device", device]
+    if threads:
+        args += ["--threads", str(threads)]
+    if force:
+        args.append("--force")
+    return subprocess.call(args)
 
 
 def _skipped(skipped: list) -> list[str]:

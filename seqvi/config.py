@@ -56,6 +56,7 @@ class TrainConfig:
     clip_grad: float = 10.0          # max global grad norm; 0 disables
     log_every: int = 10              # steps between metrics lines
     checkpoint_every: int = 0        # steps between checkpoints; 0 = each epoch only
+    skip_nonfinite: bool = False     # skip a batch whose loss is NaN/inf instead of stopping
     valid_split: str = "valid"
 
 

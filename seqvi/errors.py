@@ -9,6 +9,8 @@ only ``--debug`` shows a traceback. Library code never prints.
 class SeqviError(Exception):
     """Base class: a user-facing error with a one-line message."""
 
+    exit_code = 2
+
 
 class RecipeError(SeqviError):
     """A recipe or an override is malformed (unknown key, wrong type, bad value)."""

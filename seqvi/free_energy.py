@@ -13,10 +13,17 @@ both ``objectives`` and ``inference`` so neither imports the other.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import contextlib
+from contextvars import ContextVar
+from typing import Any, Iterator, NamedTuple
 
+import torch
 from torch import Tensor
 from torch.distributions import Distribution, Normal
+
+# (rows of the global batch this process holds, global batch size), set by the engine
+# under data parallelism so that every process draws the noise of the whole batch.
+_NOISE_SHARD: ContextVar[tuple[Tensor, int] | None] = ContextVar("noise_shard", default=None)
 
 
 class StepTerms(NamedTuple):
@@ -38,7 +45,35 @@ def log_likelihood(p_x: Distribution, x: Tensor) -> Tensor:
     return p_x.log_prob(x).flatten(1).sum(1)
 
 
+@contextlib.contextmanager
+def noise_shard(rows: Tensor, global_batch: int) -> Iterator[None]:
+    """Within this block, ``reparameterize`` draws global-batch noise and keeps ``rows``."""
+    token = _NOISE_SHARD.set((rows, global_batch))
+    try:
+        yield
+    finally:
+        _NOISE_SHARD.reset(token)
+
+
+def reparameterize(q_z: Normal) -> Tensor:
+    """z = loc + scale * eps. Under ``noise_shard``, eps is the global batch's, sliced.
+
+    A local batch of K * b rows (K particles stacked as k * b + i) maps to
+    global rows k * B + rows[i].
+    """
+    shard = _NOISE_SHARD.get()
+    if shard is None:
+        return q_z.loc + q_z.scale * torch.randn_like(q_z.loc)
+    rows, global_batch = shard
+    local = q_z.loc.shape[0]
+    particles = local // len(rows)
+    index = (torch.arange(particles).unsqueeze(1) * global_batch + rows.unsqueeze(0)).reshape(-1)
+    eps = torch.randn((particles * global_batch, *q_z.loc.shape[1:]), dtype=q_z.loc.dtype,
+                      device=q_z.loc.device)[index.to(q_z.loc.device)]
+    return q_z.loc + q_z.scale * eps
+
+
 def step_free_energy(model: Any, q_z: Normal, p_z: Normal, x: Tensor, state: Any) -> StepTerms:
-    z = q_z.rsample()
+    z = reparameterize(q_z)
     recon = -log_likelihood(model.emission(z, state), x)
     return StepTerms(recon, gaussian_kl(q_z, p_z), z)

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from seqvi.free_energy import log_likelihood, step_free_energy
+from seqvi.free_energy import log_likelihood, reparameterize, step_free_energy
 
 
 @dataclass
@@ -134,7 +134,7 @@ def particle_bound(model: Any, inference: Any, x: Tensor, mask: Tensor, num_part
         x_t = xk[:, t]
         p_z = model.prior(state)
         q = inference.posterior(model, x_t, state, p_z, q_state)
-        z = q.q_z.rsample()
+        z = reparameterize(q.q_z)
         log_alpha = (log_likelihood(model.emission(z, state), x_t)
                      + p_z.log_prob(z).flatten(1).sum(1) - q.q_z.log_prob(z).flatten(1).sum(1))
         log_w = log_w + log_alpha.view(K, batch) * mask[:, t]

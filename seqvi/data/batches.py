@@ -28,18 +28,26 @@ def epoch_order(split: SplitData, batch_size: int, seed: int, epoch: int,
 
 
 def crop_batch(split: SplitData, indices: np.ndarray, crop_length: int, seed: int,
-               epoch: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One random window of ``crop_length`` steps per sequence (0 = whole sequence)."""
+               epoch: int, batch: int, rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random window of ``crop_length`` steps per sequence (0 = whole sequence).
+
+    ``rows`` selects this process's share of the batch; the crops and the
+    padded length are those of the whole batch, so shares fit together.
+    """
     rng = np.random.default_rng([seed, epoch, batch + 1])
-    pieces = []
+    windows = []
     for i in indices:
         length = int(split.lengths[i])
         if crop_length and length > crop_length:
             start = int(rng.integers(0, length - crop_length + 1))
-            pieces.append(split.read(int(i), start, start + crop_length))
+            windows.append((int(i), start, start + crop_length))
         else:
-            pieces.append(split.read(int(i)))
-    return pad(pieces, split.value_scale)
+            windows.append((int(i), 0, length))
+    padded = max(stop - start for _, start, stop in windows)
+    pieces = [split.read(i, start, stop) for i, start, stop in windows[rows]]
+    if not pieces:  # a share can be empty when the batch is smaller than the number of processes
+        return torch.zeros(0, padded, *split.frames.shape[1:]), torch.zeros(0, padded)
+    return pad(pieces, split.value_scale, padded)
 
 
 def whole_batches(split: SplitData, batch_size: int) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
@@ -52,8 +60,9 @@ def whole_batches(split: SplitData, batch_size: int) -> Iterator[tuple[np.ndarra
         yield indices, x, mask
 
 
-def pad(pieces: list[np.ndarray], value_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(len(p) for p in pieces)
+def pad(pieces: list[np.ndarray], value_scale: float = 1.0,
+        length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(len(p) for p in pieces) if length is None else length
     frame_shape = pieces[0].shape[1:]
     x = np.zeros((len(pieces), length, *frame_shape), dtype=np.float32)
     mask = np.zeros((len(pieces), length), dtype=np.float32)

@@ -100,10 +100,13 @@ def bound_label(name: str, particles: int) -> str:
 @torch.no_grad()
 def evaluate(model: Any, inference: Any, split: SplitData, name: str, *, batch_size: int,
              device: torch.device, seed: int = 0, bounds: tuple[str, ...] = (), particles: int = 1,
-             refine: dict | None = None, progress: Callable[[int, int], None] | None = None) -> EvalResult:
+             refine: dict | None = None, progress: Callable[[int, int], None] | None = None,
+             dist: Any = None) -> EvalResult:
     """Free energy (and optional bounds, exact likelihood, gap) of every sequence of ``split``.
 
     The global RNG is left untouched (evaluation runs under its own seed).
+    Under data parallelism (``dist``) each process takes its rows of every
+    batch and the sums are all-reduced, so every process returns the totals.
     """
     result = EvalResult(name)
     was_training = model.training, inference.training
@@ -116,6 +119,10 @@ def evaluate(model: Any, inference: Any, split: SplitData, name: str, *, batch_s
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for _, x, mask in whole_batches(split, batch_size):
+            if dist is not None and dist.active:
+                x, mask = x[dist.rank::dist.world], mask[dist.rank::dist.world]
+                if len(x) == 0:
+                    continue
             x, mask = x.to(device), mask.to(device)
             terms = filter_sequence(model, inference, x, mask, refine=refine_fn)
             extra = {}
@@ -135,4 +142,20 @@ def evaluate(model: Any, inference: Any, split: SplitData, name: str, *, batch_s
                 progress(result.num_sequences, total)
     model.train(was_training[0])
     inference.train(was_training[1])
+    if dist is not None and dist.active:
+        result = _all_reduce(result, dist)
     return result
+
+
+def _all_reduce(result: EvalResult, dist: Any) -> EvalResult:
+    from seqvi.engine import distributed
+
+    names = sorted(result.extra)
+    length = int(distributed.all_reduce_max(dist, torch.tensor([float(len(result.recon))])).item())
+    rows = [_grow(a, length) for a in (result.recon, result.kl, result.active)]
+    rows += [_grow(result.extra[n], length) for n in names]
+    stacked = torch.tensor(np.stack(rows + [np.full(length, float(result.num_sequences))]), dtype=torch.float64)
+    stacked = distributed.all_reduce_sum(dist, stacked).numpy()
+    out = EvalResult(result.split, stacked[0], stacked[1], stacked[2], int(round(stacked[-1][0])) if length else 0,
+                     {n: stacked[3 + i] for i, n in enumerate(names)})
+    return out

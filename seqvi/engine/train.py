@@ -3,19 +3,28 @@
 Per step: a batch of random crops (B, L, *X) with mask (B, L) -> one
 filtering pass -> masked free energy (KL-annealed) -> Adam step with the
 global gradient norm clipped. An inference procedure's ``aux`` loss (AVF's
-earlier iterates) reaches only the inference parameters. Per epoch: learning-rate decay, validation on
-whole sequences, ``last.pt`` (and ``best.pt`` when validation improves).
+earlier iterates) reaches only the inference parameters. Per epoch:
+learning-rate decay, validation on whole sequences, ``last.pt`` (and
+``best.pt`` when validation improves); ``train.checkpoint_every`` adds
+checkpoints within an epoch.
 
 Exact resume: the batch order and crops are pure functions of
 ``(seed, epoch, batch)`` and the checkpoint holds model, inference,
-optimizer, scheduler, position and RNG state, so a resumed run gives the same
-parameters as an uninterrupted one. The loop reports through ``events``
-(a callable taking an event name and a dict) and never prints.
+optimizer, scheduler, position and RNG state, so a run killed at any point
+and resumed gives bitwise the parameters of an uninterrupted one.
+
+Under torchrun, each process takes its rows of every global batch
+(``seqvi.engine.distributed``). SIGTERM / SIGUSR1 (SLURM preemption) finish
+the current step, write ``last.pt`` and raise ``Preempted``; the CLI exits
+with ``REQUEUE_EXIT`` so a batch script can requeue the job. The loop
+reports through ``events`` (a callable taking an event name and a dict) and
+never prints.
 """
 
 from __future__ import annotations
 
 import math
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,13 +34,21 @@ import torch
 
 from seqvi.config import Recipe
 from seqvi.data.batches import crop_batch, epoch_order
-from seqvi.engine import checkpoint, runs
+from seqvi.engine import checkpoint, distributed, runs
 from seqvi.engine.evaluate import evaluate
 from seqvi.engine.setup import DataSpec, build, open_store, resolve_device
 from seqvi.errors import CheckpointError, SeqviError
-from seqvi.objectives import BOUNDS, bound_loss, filter_sequence, kl_weight, particle_bound, training_loss
+from seqvi.free_energy import noise_shard
+from seqvi.objectives import BOUNDS, filter_sequence, kl_weight, particle_bound
 
 Events = Callable[[str, dict], None]
+REQUEUE_EXIT = 75  # EX_TEMPFAIL: "try again later"; the sbatch scripts requeue on it
+
+
+class Preempted(SeqviError):
+    """Training stopped on a signal after writing a checkpoint; rerun to resume."""
+
+    exit_code = REQUEUE_EXIT
 
 
 @dataclass
@@ -44,25 +61,64 @@ class TrainResult:
     resumed_step: int | None = None
     replaced: list = field(default_factory=list)
     seconds: float = 0.0
-    train_steps: int = 0        # real time steps trained in this call
+    train_steps: int = 0        # real time steps trained in this call (all processes)
+    skipped_nonfinite: int = 0
+
+
+class _StopFlag:
+    """Signal handlers that only raise a flag; the loop acts at the end of a step."""
+
+    SIGNALS = ("SIGTERM", "SIGUSR1")
+
+    def __init__(self):
+        self.signal: int = 0
+        self._old = {}
+
+    def __enter__(self):
+        for name in self.SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                try:
+                    self._old[sig] = signal.signal(sig, self._handle)
+                except ValueError:  # not the main thread (e.g. a test runner's worker)
+                    pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def train(recipe: Recipe, run_dir: str | Path, *, device: str = "auto", force: bool = False,
           events: Events | None = None) -> TrainResult:
+    dist = distributed.setup(device)
+    try:
+        return _train(recipe, Path(run_dir), dist, distributed.device_for(dist, device), force,
+                      events if dist.main else None)
+    finally:
+        distributed.teardown(dist)
+
+
+def _train(recipe: Recipe, run_dir: Path, dist: distributed.Dist, device: str, force: bool,
+           events: Events | None) -> TrainResult:
     events = events or (lambda kind, info: None)
-    run_dir = Path(run_dir)
     dev = resolve_device(device)
     cfg = recipe.train
+    bound, particles = recipe.objective.bound, recipe.objective.particles
+    if bound not in BOUNDS:
+        raise SeqviError(f"objective.bound {bound!r}: expected one of {', '.join(BOUNDS)}")
     store = open_store(recipe)
     spec = DataSpec.from_store(store, recipe.data.dataset)
     train_split = store.split("train")
     valid_split = store.split(cfg.valid_split)
 
-    bound, particles = recipe.objective.bound, recipe.objective.particles
-    if bound not in BOUNDS:
-        raise SeqviError(f"objective.bound {bound!r}: expected one of {', '.join(BOUNDS)}")
     config = recipe.to_dict()
-    resume, replaced = runs.prepare(run_dir, config, force)
+    resume, replaced = runs.prepare(run_dir, config, force) if dist.main else (False, [])
+    distributed.barrier(dist)
+    resume = (run_dir / "checkpoints" / "last.pt").exists() if not dist.main else resume
     model, inference = build(recipe, spec, dev)
     theta, phi = list(model.parameters()), list(inference.parameters())
     params = theta + phi
@@ -76,6 +132,9 @@ def train(recipe: Recipe, run_dir: str | Path, *, device: str = "auto", force: b
 
     epoch, start_batch, step = 0, 0, 0
     torch.manual_seed(recipe.seed + 1)  # sampling noise stream, distinct from the init stream
+    marker = run_dir / "preempted"  # tells a batch script to requeue; cleared when training restarts
+    if dist.main:
+        marker.unlink(missing_ok=True)
     if resume:
         state = checkpoint.load(ckpt_dir / "last.pt", map_location=dev)
         if state.get("data", {}).get("x_dim") != spec.x_dim:
@@ -88,15 +147,17 @@ def train(recipe: Recipe, run_dir: str | Path, *, device: str = "auto", force: b
         epoch, start_batch, step = state["epoch"], state["batch"], state["step"]
         result.best_valid = state["best"]
         result.resumed_step = step
-        metrics.truncate_after(step)
+        if dist.main:
+            metrics.truncate_after(step)
 
     def save(name: str, epoch_: int, batch_: int) -> None:
-        checkpoint.save({
-            "config": config, "data": vars(spec), "model": model.state_dict(),
-            "inference": inference.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "epoch": epoch_, "batch": batch_, "step": step,
-            "best": result.best_valid, "rng": checkpoint.rng_state(),
-        }, ckpt_dir / name)
+        if dist.main:
+            checkpoint.save({
+                "config": config, "data": vars(spec), "model": model.state_dict(),
+                "inference": inference.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch_, "batch": batch_, "step": step,
+                "best": result.best_valid, "rng": checkpoint.rng_state(), "world_size": dist.world,
+            }, ckpt_dir / name)
 
     batches_per_epoch = len(epoch_order(train_split, recipe.data.batch_size, recipe.seed, 0,
                                         recipe.data.min_length))
@@ -104,62 +165,112 @@ def train(recipe: Recipe, run_dir: str | Path, *, device: str = "auto", force: b
         raise SeqviError(f"{spec.store}: no training sequence has at least data.min_length="
                          f"{recipe.data.min_length} steps")
     events("start", {"run_dir": str(run_dir), "resumed_step": result.resumed_step, "replaced": replaced,
-                     "total_steps": cfg.epochs * batches_per_epoch, "step": step,
+                     "total_steps": cfg.epochs * batches_per_epoch, "step": step, "world_size": dist.world,
                      "parameters": sum(p.numel() for p in params), "device": str(dev)})
     started = time.perf_counter()
     model.train()
     inference.train()
-    while epoch < cfg.epochs:
-        order = epoch_order(train_split, recipe.data.batch_size, recipe.seed, epoch, recipe.data.min_length)
-        for b in range(start_batch, len(order)):
-            x, mask = crop_batch(train_split, order[b], recipe.data.crop_length, recipe.seed, epoch, b)
-            x, mask = x.to(dev), mask.to(dev)
-            beta = kl_weight(epoch, b, len(order), recipe.objective.kl_anneal_epochs, recipe.objective.kl_start)
-            if bound == "elbo":
-                terms = filter_sequence(model, inference, x, mask)
-                loss = training_loss(terms, beta)
-            else:  # IWAE / FIVO: -log p_hat per step; KL annealing does not apply
-                terms = particle_bound(model, inference, x, mask, particles, BOUNDS[bound][0])
-                loss = bound_loss(terms)
-            if not torch.isfinite(loss):
-                raise SeqviError(f"non-finite loss at step {step + 1} (epoch {epoch + 1}); "
-                                 f"last good checkpoint: {ckpt_dir / 'last.pt'}; try a lower train.lr")
-            optimizer.zero_grad(set_to_none=True)
-            if getattr(terms, "aux", None) is None:
-                loss.backward()
-            else:  # AVF: theta learns from the final iterate only, phi from every iterate
-                loss.backward(retain_graph=True)
-                (terms.aux.sum() / terms.mask.sum().clamp_min(1.0)).backward(inputs=phi)
-            if cfg.clip_grad > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-            optimizer.step()
-            step += 1
-            result.train_steps += int(mask.sum())
-            value = loss.item()
-            events("step", {"step": step, "epoch": epoch + 1, "loss": value})
-            if step % cfg.log_every == 0:
-                metrics.log({"step": step, "epoch": epoch + 1, "loss": value, "kl_weight": beta,
-                             "lr": optimizer.param_groups[0]["lr"], "time": time.time()})
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and b + 1 < len(order):
-                save("last.pt", epoch, b + 1)
-        start_batch = 0
-        epoch += 1
-        scheduler.step()
-        valid = evaluate(model, inference, valid_split, cfg.valid_split, device=dev,
-                         batch_size=recipe.data.eval_batch_size, seed=recipe.seed)
-        result.last_valid = valid.nats_per_step
-        improved = valid.nats_per_step < result.best_valid
-        if improved:
-            result.best_valid = valid.nats_per_step
-        record = {"step": step, "epoch": epoch, "valid_nats_per_step": valid.nats_per_step,
-                  "valid_nats_per_sequence": valid.nats_per_sequence, "best": improved,
-                  "lr": optimizer.param_groups[0]["lr"], "time": time.time()}
-        metrics.log(record)  # before the checkpoint: a crash in between drops it on resume
-        save("last.pt", epoch, 0)
-        if improved:
-            save("best.pt", epoch, 0)
-        events("epoch", record)
+    with _StopFlag() as stop:
+        while epoch < cfg.epochs:
+            order = epoch_order(train_split, recipe.data.batch_size, recipe.seed, epoch, recipe.data.min_length)
+            for b in range(start_batch, len(order)):
+                beta = kl_weight(epoch, b, len(order), recipe.objective.kl_anneal_epochs, recipe.objective.kl_start)
+                x, mask = crop_batch(train_split, order[b], recipe.data.crop_length, recipe.seed, epoch, b,
+                                     rows=distributed.rows(dist, len(order[b])))
+                rows = torch.arange(len(order[b]))[distributed.rows(dist, len(order[b]))]
+                with noise_shard(rows, len(order[b])):
+                    loss_sum, real_steps, finite = _step(model, inference, x.to(dev), mask.to(dev), bound,
+                                                         particles, beta, phi, params, dist, cfg.clip_grad)
+                if not finite:
+                    if not cfg.skip_nonfinite:
+                        raise SeqviError(f"non-finite loss at step {step + 1} (epoch {epoch + 1}); last good "
+                                         f"checkpoint: {ckpt_dir / 'last.pt'}; lower train.lr or set "
+                                         f"train.skip_nonfinite: true")
+                    result.skipped_nonfinite += 1
+                    optimizer.zero_grad(set_to_none=True)
+                else:
+                    optimizer.step()
+                step += 1
+                result.train_steps += real_steps
+                value = loss_sum / max(real_steps, 1)
+                events("step", {"step": step, "epoch": epoch + 1, "loss": value})
+                if dist.main and step % cfg.log_every == 0:
+                    metrics.log({"step": step, "epoch": epoch + 1, "loss": value, "kl_weight": beta,
+                                 "lr": optimizer.param_groups[0]["lr"], "finite": finite, "time": time.time()})
+                at_end = b + 1 == len(order)
+                if not at_end and (_agreed_stop(dist, stop.signal)
+                                   or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
+                    save("last.pt", epoch, b + 1)
+                    if stop.signal:
+                        _mark_preempted(dist, marker, step)
+                        raise Preempted(f"stopped by signal {stop.signal} at step {step}; checkpoint "
+                                        f"{ckpt_dir / 'last.pt'} written; rerun the same command to resume")
+            start_batch = 0
+            epoch += 1
+            scheduler.step()
+            valid = evaluate(model, inference, valid_split, cfg.valid_split, device=dev,
+                             batch_size=recipe.data.eval_batch_size, seed=recipe.seed, dist=dist)
+            result.last_valid = valid.nats_per_step
+            improved = valid.nats_per_step < result.best_valid
+            if improved:
+                result.best_valid = valid.nats_per_step
+            record = {"step": step, "epoch": epoch, "valid_nats_per_step": valid.nats_per_step,
+                      "valid_nats_per_sequence": valid.nats_per_sequence, "best": improved,
+                      "lr": optimizer.param_groups[0]["lr"], "time": time.time()}
+            if dist.main:
+                metrics.log(record)  # before the checkpoint: a crash in between drops it on resume
+            save("last.pt", epoch, 0)
+            if improved:
+                save("best.pt", epoch, 0)
+            events("epoch", record)
+            if _agreed_stop(dist, stop.signal) and epoch < cfg.epochs:
+                _mark_preempted(dist, marker, step)
+                raise Preempted(f"stopped by signal {stop.signal} after epoch {epoch}; checkpoint "
+                                f"{ckpt_dir / 'last.pt'} written; rerun the same command to resume")
     store.close()
     result.step, result.epoch = step, epoch
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _step(model, inference, x, mask, bound, particles, beta, phi, params, dist, clip_grad):
+    """Forward and backward of this process's share; returns (global loss sum, global steps, finite)."""
+    local_sum = x.new_zeros(())
+    aux = None
+    if x.shape[0] > 0:
+        if bound == "elbo":
+            terms = filter_sequence(model, inference, x, mask)
+            local_sum = (terms.recon + beta * terms.kl).sum()
+            aux = terms.aux
+        else:  # IWAE / FIVO: -log p_hat; KL annealing does not apply
+            local_sum = -particle_bound(model, inference, x, mask, particles, BOUNDS[bound][0]).log_p_hat.sum()
+    stats = distributed.all_reduce_sum(dist, torch.stack([local_sum.detach(), mask.sum().to(local_sum),
+                                                          (~torch.isfinite(local_sum)).to(local_sum)]))
+    total, count, nonfinite = stats.tolist()
+    if nonfinite > 0:
+        return total, int(count), False
+    for p in params:
+        p.grad = None
+    if x.shape[0] > 0:
+        norm = max(count, 1.0)
+        if aux is None:
+            (local_sum / norm).backward()
+        else:  # AVF: theta learns from the final iterate only, phi from every iterate
+            (local_sum / norm).backward(retain_graph=True)
+            (aux.sum() / norm).backward(inputs=phi)
+    distributed.all_reduce_gradients(dist, params)
+    if clip_grad > 0:
+        torch.nn.utils.clip_grad_norm_(params, clip_grad)
+    return total, int(count), True
+
+
+def _mark_preempted(dist: distributed.Dist, marker: Path, step: int) -> None:
+    if dist.main:
+        runs.write_text_atomic(marker, f"{step}\n")
+
+
+def _agreed_stop(dist: distributed.Dist, signum: int) -> bool:
+    """True on every process when any process was signalled."""
+    if not dist.active:
+        return bool(signum)
+    return bool(distributed.all_reduce_sum(dist, torch.tensor([float(bool(signum))])).item() > 0)
