@@ -93,9 +93,11 @@ def preprocess(name: str = typer.Argument(..., help="Data set name."),
         report = run_preprocess(name, root, source, strict=strict, max_steps=max_steps, progress=FileProgress(bar))
     console.print(preprocess_table(report))
     notes = report.notes
-    console.print(f"{report.files} files, {report.files / max(report.seconds, 1e-9):.0f} files/s; "
-                  f"notes {notes.notes:,} placed, {notes.out_of_range} outside 21–108, {notes.drums} drum, "
-                  f"{notes.unterminated} unterminated, {notes.zero_length} shorter than a step")
+    line = f"{report.files} files, {report.files / max(report.seconds, 1e-9):.0f} files/s"
+    if notes.notes:
+        line += (f"; notes {notes.notes:,} placed, {notes.out_of_range} outside 21–108, {notes.drums} drum, "
+                 f"{notes.unterminated} unterminated, {notes.zero_length} shorter than a step")
+    console.print(line)
     console.print(f"skipped {len(report.skipped)} unreadable files")
     for line in _skipped(report.skipped):
         console.print(line)
@@ -164,7 +166,8 @@ def eval_(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run directo
     with Store(run.spec.store) as store:
         result = run_evaluate(run.model, run.inference, store.split(split), split, device=run.device,
                               batch_size=run.recipe.data.eval_batch_size, seed=seed, bounds=choices[bound],
-                              particles=particles, refine={"steps": refine, "lr": refine_lr} if refine else None)
+                              particles=particles, refine={"steps": refine, "lr": refine_lr} if refine else None,
+                              bin_width=store.attrs.get("bin_width"))
     console.print(eval_table(result, per_step))
     payload = {**result.to_dict(), "checkpoint": str(run.checkpoint), "epoch": run.epoch, "step": run.step,
                "dataset": run.spec.dataset, "seed": seed, "particles": particles,
@@ -215,6 +218,40 @@ def sample(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run direct
     for path in paths:
         console.print(f"wrote {path}")
     console.print(f"picture: {png}")
+
+
+@command
+def predict(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run directory or checkpoint file."),
+            split: str = typer.Option("test", "--split", help="train, valid or test."),
+            context: int = typer.Option(10, "--context", min=1, help="Real frames to condition on."),
+            horizon: Optional[List[int]] = typer.Option(None, "--horizon", min=1, help="Frames to predict; repeat for several (default 10 and 30)."),
+            samples: int = typer.Option(100, "--samples", min=1, help="Samples per sequence; the best is scored (SVG protocol)."),
+            max_sequences: Optional[int] = typer.Option(None, "--max-sequences", min=1, help="Score only the first N eligible sequences."),
+            batch_size: int = typer.Option(100, "--batch-size", min=1, help="Sequences generated at once."),
+            seed: int = typer.Option(0, "--seed"), device: str = DeviceOpt, threads: Optional[int] = ThreadsOpt) -> None:
+    """Video prediction: condition on real frames, best of N samples by PSNR and SSIM per predicted frame."""
+    from seqvi.data.store import Store
+    from seqvi.engine.predict import predict as run_predict
+    from seqvi.engine.run import load_run
+    from seqvi.engine.runs import write_text_atomic
+    from seqvi.engine.setup import configure_threads
+    from seqvi.report import console, plot_predict, predict_table, progress_bar
+
+    configure_threads(threads)
+    run = load_run(checkpoint, device)
+    with Store(run.spec.store) as store, progress_bar() as bar:
+        task = bar.add_task("predict", total=None, info="")
+        result = run_predict(run.model, run.inference, store.split(split), split, context=context,
+                             horizons=tuple(horizon or (10, 30)), samples=samples, max_sequences=max_sequences,
+                             batch_size=batch_size, seed=seed,
+                             progress=lambda done, total: bar.update(task, completed=done, total=total))
+    console.print(predict_table(result))
+    payload = {**result.to_dict(), "checkpoint": str(run.checkpoint), "epoch": run.epoch, "step": run.step,
+               "dataset": run.spec.dataset, "seed": seed}
+    out = run.run_dir / "eval" / f"predict_{split}.json"
+    write_text_atomic(out, json.dumps(payload, indent=1))
+    plot = plot_predict(result, run.run_dir / "eval" / f"predict_{split}.png")
+    console.print(f"results: {out}\nplot: {plot}")
 
 
 def _launch_torchrun(nproc: int, recipe: Path, overrides: list[str], run_dir: Optional[Path], device: str,

@@ -30,6 +30,7 @@ class StepTerms(NamedTuple):
     recon: Tensor   # (B,) -log p(x_t | z_t, h)
     kl: Tensor      # (B,) KL(q || p)
     z: Tensor       # (B, Z) the sample used
+    recon_binned: Tensor | None = None   # (B,) -log P(bin of x_t), when a bin width is given
 
 
 def gaussian_kl(q: Normal, p: Normal) -> Tensor:
@@ -73,7 +74,16 @@ def reparameterize(q_z: Normal) -> Tensor:
     return q_z.loc + q_z.scale * eps
 
 
-def step_free_energy(model: Any, q_z: Normal, p_z: Normal, x: Tensor, state: Any) -> StepTerms:
+def step_free_energy(model: Any, q_z: Normal, p_z: Normal, x: Tensor, state: Any,
+                     bin_width: float | None = None) -> StepTerms:
+    """F_t's terms for one sample z ~ q. With ``bin_width``, a Gaussian emission is
+    also scored on quantization bins (``seqvi.likelihoods``: TIMIT's 16-bit samples)."""
     z = reparameterize(q_z)
-    recon = -log_likelihood(model.emission(z, state), x)
-    return StepTerms(recon, gaussian_kl(q_z, p_z), z)
+    p_x = model.emission(z, state)
+    recon = -log_likelihood(p_x, x)
+    binned = None
+    if bin_width is not None and isinstance(p_x, Normal):
+        from seqvi.likelihoods import discretized_gaussian_log_prob
+
+        binned = -discretized_gaussian_log_prob(p_x.loc, p_x.scale, x, bin_width).flatten(1).sum(1)
+    return StepTerms(recon, gaussian_kl(q_z, p_z), z, binned)

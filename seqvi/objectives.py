@@ -36,6 +36,7 @@ class SequenceTerms:
     mask: Tensor    # (B, T)
     aux: Tensor | None = None   # (B, T) q-only loss (AVF's earlier iterations), if any
     gap: Tensor | None = None   # (B, T) F_t drop under per-step refinement, if measured
+    recon_binned: Tensor | None = None   # (B, T) -log P(bin of x_t), with a bin width
 
     @property
     def free_energy(self) -> Tensor:
@@ -43,23 +44,26 @@ class SequenceTerms:
 
 
 def filter_sequence(model: Any, inference: Any, x: Tensor, mask: Tensor,
-                    refine: Callable | None = None) -> SequenceTerms:
+                    refine: Callable | None = None, bin_width: float | None = None) -> SequenceTerms:
     """One filtering pass with one reparameterized sample per step.
 
     ``refine(model, q_z, p_z, x_t, state) -> (F_before, F_after)`` (see
     ``seqvi.inference.refine``), when given, measures the amortization gap at
-    every step without changing the filter's own trajectory.
+    every step without changing the filter's own trajectory. ``bin_width``
+    also scores each frame on quantization bins (discretized likelihood).
     """
     batch, steps = mask.shape
     state = model.initial_state(batch)
-    q_state = inference.initial_state(batch, x)
-    recon, kl, aux, gap = [], [], [], []
+    q_state = inference.initial_state(batch, x, mask)
+    recon, kl, aux, gap, binned = [], [], [], [], []
     for t in range(steps):
         x_t = x[:, t]
         p_z = model.prior(state)
         q = inference.posterior(model, x_t, state, p_z, q_state)
-        terms = step_free_energy(model, q.q_z, p_z, x_t, state)
+        terms = step_free_energy(model, q.q_z, p_z, x_t, state, bin_width)
         recon.append(terms.recon)
+        if terms.recon_binned is not None:
+            binned.append(terms.recon_binned)
         kl.append(terms.kl)
         if q.aux is not None:
             aux.append(q.aux)
@@ -69,7 +73,8 @@ def filter_sequence(model: Any, inference: Any, x: Tensor, mask: Tensor,
         state, q_state = model.advance(state, x_t, terms.z), q.q_state
     return SequenceTerms(torch.stack(recon, 1) * mask, torch.stack(kl, 1) * mask, mask,
                          torch.stack(aux, 1) * mask if aux else None,
-                         torch.stack(gap, 1) * mask if gap else None)
+                         torch.stack(gap, 1) * mask if gap else None,
+                         torch.stack(binned, 1) * mask if binned else None)
 
 
 def training_loss(terms: SequenceTerms, kl_weight: float = 1.0) -> Tensor:
@@ -125,7 +130,7 @@ def particle_bound(model: Any, inference: Any, x: Tensor, mask: Tensor, num_part
     K = num_particles
     xk = x.unsqueeze(0).expand(K, *x.shape).reshape(K * batch, *x.shape[1:])
     state = model.initial_state(K * batch)
-    q_state = inference.initial_state(K * batch, xk)
+    q_state = inference.initial_state(K * batch, xk, mask.repeat(K, 1))
     log_w = x.new_zeros(K, batch)
     log_k = torch.log(torch.tensor(float(K), device=x.device))
     lse_prev = log_w.logsumexp(0)

@@ -187,4 +187,121 @@ def plot_piano_rolls(rolls: np.ndarray, path: Path, primed: int = 0, low_pitch: 
     return path
 
 
-SAMPLE_PLOTS = {"midi": plot_piano_rolls}
+def plot_waveforms(x: np.ndarray, path: Path, primed: int = 0) -> Path:
+    """PNG with one waveform per sample (frames (N, T, F) flattened, normalized units); primed steps shaded."""
+    plt = _pyplot()
+    n, steps = len(x), x.shape[1]
+    waves = x.reshape(n, -1)
+    t = np.arange(waves.shape[1]) / x.shape[2]     # in time steps
+    fig, axes = plt.subplots(n, 1, figsize=(10, 1.5 * n + 0.4), dpi=100, squeeze=False, sharex=True)
+    for i, ax in enumerate(axes[:, 0]):
+        ax.plot(t, waves[i], lw=0.4, color="black")
+        if primed:
+            ax.axvspan(0, primed, color="tab:blue", alpha=0.12)
+        ax.set_xlim(0, steps)
+        ax.set_ylabel(f"#{i + 1}")
+    axes[-1, 0].set_xlabel(f"time step ({x.shape[2]} samples each; amplitude in normalized units)"
+                           + (f"; first {primed} primed from data" if primed else ""))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_series(x: np.ndarray, path: Path, primed: int = 0) -> Path:
+    """PNG of real-valued sequences (N, T, D): one panel per sample, one line per dimension."""
+    plt = _pyplot()
+    n = len(x)
+    fig, axes = plt.subplots(n, 1, figsize=(10, 1.6 * n + 0.4), dpi=100, squeeze=False)
+    for i, ax in enumerate(axes[:, 0]):
+        ax.plot(x[i].reshape(x.shape[1], -1), lw=1)
+        if primed:
+            ax.axvspan(0, primed - 1, color="tab:blue", alpha=0.12)
+        ax.set_ylabel(f"#{i + 1}")
+    axes[-1, 0].set_xlabel("time step" + (f" (first {primed} primed from data)" if primed else ""))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+SAMPLE_PLOTS = {"midi": plot_piano_rolls, "timit": plot_waveforms, "synthetic": plot_series}
+
+
+# --------------------------------------------------------------------------- video (KTH)
+
+
+def plot_frames(x: np.ndarray, path: Path, primed: int = 0, max_columns: int = 16) -> Path:
+    """PNG strip of video samples (N, T, C, H, W) in [0, 1]: one row per sample, evenly spaced
+    frames across (at most ``max_columns``), primed (real) frames underlined in blue."""
+    plt = _pyplot()
+    x = np.clip(np.asarray(x, dtype=np.float32), 0, 1)
+    n, steps, h, w = x.shape[0], x.shape[1], x.shape[-2], x.shape[-1]
+    cols = np.unique(np.linspace(0, steps - 1, min(steps, max_columns)).round().astype(int))
+    gap = 2
+    mosaic = np.ones((n * (h + gap) - gap, len(cols) * (w + gap) - gap), dtype=np.float32)
+    for i in range(n):
+        for j, t in enumerate(cols):
+            mosaic[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = x[i, t].mean(0)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.75 * len(cols)), 0.75 * n + 0.8), dpi=100)
+    ax.imshow(mosaic, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([j * (w + gap) + w / 2 for j in range(len(cols))], [str(t + 1) for t in cols], fontsize=7)
+    ax.set_yticks([i * (h + gap) + h / 2 for i in range(n)], [f"#{i + 1}" for i in range(n)], fontsize=7)
+    for j, t in enumerate(cols):
+        if t < primed:
+            ax.plot([j * (w + gap), j * (w + gap) + w - 1], [mosaic.shape[0] + 1] * 2, color="tab:blue", lw=3,
+                    clip_on=False)
+    ax.set_xlabel("frame t" + (f" (first {primed} real, underlined)" if primed else ""))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+SAMPLE_PLOTS["kth"] = plot_frames
+
+
+def predict_table(result: Any) -> Table:
+    """Per predicted frame: best-of-N PSNR and SSIM for each horizon, and the mean sample's."""
+    table = Table(title=f"video prediction — {result.split}: context {result.context} frames, best of "
+                        f"{result.samples} samples, {result.num_sequences} sequences (higher is better)")
+    table.add_column("t", justify="right")
+    for h in result.horizons:
+        table.add_column(f"PSNR best@{h}", justify="right")
+        table.add_column(f"SSIM best@{h}", justify="right")
+    table.add_column("PSNR mean", justify="right")
+    table.add_column("SSIM mean", justify="right")
+    for t in range(len(result.mean_psnr)):
+        cells = []
+        for h in result.horizons:
+            cells += ([f"{result.best_psnr[h][t]:.2f}", f"{result.best_ssim[h][t]:.4f}"] if t < h else ["", ""])
+        table.add_row(str(t + 1), *cells, f"{result.mean_psnr[t]:.2f}", f"{result.mean_ssim[t]:.4f}")
+    table.add_section()
+    cells = []
+    for h in result.horizons:
+        cells += [f"{result.best_psnr[h].mean():.2f}", f"{result.best_ssim[h].mean():.4f}"]
+    table.add_row("mean", *cells, f"{result.mean_psnr.mean():.2f}", f"{result.mean_ssim.mean():.4f}", style="bold")
+    return table
+
+
+def plot_predict(result: Any, path: Path) -> Path:
+    """PNG of PSNR and SSIM against the predicted frame t: best of N per horizon, and the mean sample."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    for ax, label, best, mean in ((axes[0], "PSNR (dB)", result.best_psnr, result.mean_psnr),
+                                  (axes[1], "SSIM", result.best_ssim, result.mean_ssim)):
+        for h in result.horizons:
+            ax.plot(np.arange(1, h + 1), best[h], marker=".", lw=1.2, label=f"best of {result.samples} over {h}")
+        ax.plot(np.arange(1, len(mean) + 1), mean, ls="--", lw=1, color="grey", label="mean sample")
+        ax.set_xlabel(f"predicted frame t (after {result.context} context frames)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"video prediction — {result.split} ({result.num_sequences} sequences)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

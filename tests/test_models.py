@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
+from seqvi.errors import RecipeError
 from seqvi.free_energy import gaussian_kl, log_likelihood
 from seqvi.inference import INFERENCE
 from seqvi.models import MODELS
@@ -18,6 +19,8 @@ def small(name):
     import inspect
     accepted = inspect.signature(cls.__init__).parameters
     kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+    if "likelihood" in accepted and accepted["likelihood"].default == "gaussian":
+        kwargs["likelihood"] = "gaussian"   # e.g. the LGSSM, which refuses binary data
     for key, value in {"hidden_size": 8, "z_size": 2, "feature_size": 6}.items():
         if key in accepted:
             kwargs[key] = value
@@ -50,7 +53,10 @@ def test_every_inference_trains_every_model(model_name, inf_name):
         pytest.skip("SVG-specific posterior")
     torch.manual_seed(0)
     model = small(model_name)
-    inference = INFERENCE[inf_name](model)
+    try:
+        inference = INFERENCE[inf_name](model)
+    except RecipeError as err:   # e.g. SRNN's smoothing q on another model; refusals tested in test_srnn_dmm.py
+        pytest.skip(str(err))
     x = torch.bernoulli(torch.full((B, T, D), 0.3))
     mask = torch.ones(B, T)
     mask[0, 3:] = 0

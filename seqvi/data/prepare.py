@@ -11,9 +11,12 @@ from typing import Callable
 
 from seqvi.data.chorales import export_bach_chorales
 from seqvi.data.download import fetch_files
+from seqvi.data.kth import preprocess_kth
 from seqvi.data.manifest import load_manifest, raw_dir, store_path
 from seqvi.data.polyphonic import preprocess_midi
-from seqvi.errors import DataError
+from seqvi.data.synthetic import download_synthetic, preprocess_synthetic
+from seqvi.data.timit import preprocess_timit
+from seqvi.errors import DataError, SeqviError
 
 Progress = Callable[[str, int, int | None], None]
 
@@ -26,8 +29,15 @@ def _download_music21(manifest, raw: Path, progress: Progress | None, limit: int
     return export_bach_chorales(raw, progress=progress, limit=limit)
 
 
-DOWNLOADERS = {"http": _download_http, "music21": _download_music21}
-ADAPTERS = {"midi": preprocess_midi}
+def _download_manual(manifest, raw: Path, progress: Progress | None, limit: int | None = None):
+    terms = " ".join(manifest.licence.split()).split(". ")[0].rstrip(".")
+    raise SeqviError(f"{terms}. Obtain it from there, then run `seqvi preprocess {manifest.name} "
+                     f"--source PATH` (PATH: the corpus folder or a zip of it)")
+
+
+DOWNLOADERS = {"http": _download_http, "music21": _download_music21, "manual": _download_manual,
+               "synthetic": download_synthetic}
+ADAPTERS = {"midi": preprocess_midi, "timit": preprocess_timit, "kth": preprocess_kth, "synthetic": preprocess_synthetic}
 
 
 def download(name: str, root: str | None = None, progress: Progress | None = None,
@@ -42,12 +52,14 @@ def find_source(name: str, root: str | None = None) -> Path:
     """The raw source to preprocess: a downloaded zip, else a pickle, else the raw folder."""
     manifest = load_manifest(name)
     raw = raw_dir(name, root)
+    if sum(e["name"].lower().endswith(".zip") for e in manifest.files) > 1 and raw.is_dir() and any(raw.iterdir()):
+        return raw  # several archives (KTH's six zips): the adapter reads the whole folder
     for suffixes in ((".zip",), (".pickle", ".pkl")):
         for entry in manifest.files:
             path = raw / entry["name"]
             if path.suffix.lower() in suffixes and path.exists():
                 return path
-    if raw.is_dir() and any(raw.rglob("*.mid")):
+    if raw.is_dir() and any(p.is_file() and p.suffix != ".part" and p.name != "SHA256SUMS" for p in raw.rglob("*")):
         return raw
     raise DataError(f"{raw}: no raw files for '{name}'; run `seqvi download {name}` "
                     f"or pass --source PATH (a zip, a folder or a .pickle)")

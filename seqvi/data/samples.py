@@ -11,7 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from seqvi.data.audio_samples import write_wav
 from seqvi.data.midi import roll_to_midi
+from seqvi.data.synthetic import write_npz
+from seqvi.data.video_samples import write_video
 
 
 def write_midi(x: np.ndarray, out_dir: Path, spec: Any) -> list[Path]:
@@ -25,4 +28,4 @@ def write_midi(x: np.ndarray, out_dir: Path, spec: Any) -> list[Path]:
     return paths
 
 
-SAMPLE_WRITERS = {"midi": write_midi}
+SAMPLE_WRITERS = {"midi": write_midi, "timit": write_wav, "kth": write_video, "synthetic": write_npz}

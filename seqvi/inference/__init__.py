@@ -7,9 +7,15 @@ the step contract is in ``seqvi.inference.base``.
 from seqvi.inference.base import Inference, Posterior
 
 from seqvi.inference.direct import DirectFilter
+from seqvi.inference.combiner import Combiner
+from seqvi.inference.smoothing import Smoothing
+from seqvi.inference.svg_posterior import SVGPosterior
 from seqvi.inference.iterative import AVF
 
 INFERENCE = {
     "direct": DirectFilter,
+    "smoothing": Smoothing,
+    "combiner": Combiner,
+    "svg_posterior": SVGPosterior,
     "avf": AVF,
 }

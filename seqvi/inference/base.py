@@ -1,13 +1,14 @@
 """The inference contract: one filtering step of q, for any model.
 
-    initial_state(batch_size, x=None) -> q_state  state of q's own recurrence (None if stateless)
+    initial_state(batch_size, x=None, mask=None) -> q_state   q's own recurrence (None if stateless)
     posterior(model, x_t, state, p_z, q_state)    -> Posterior(q_z, q_state, aux)
 
 ``q_z`` is a Normal over (B, Z). ``q_state`` carries what q alone remembers
 (e.g. SVG's posterior LSTM over frames); it is a tuple of batch-first tensors
 or None. ``x`` (B, T, *X) is the whole observed sequence: a filtering
 procedure must ignore it; only a smoothing procedure (labelled as such, e.g.
-SRNN's backward RNN) may read ahead, by precomputing into ``q_state``.
+SRNN's backward RNN) may read ahead, by precomputing into ``q_state``;
+``mask`` (B, T) tells it where each sequence really ends.
 ``aux`` is an optional (B,) loss that trains only q's parameters
 (AVF: the free energy at every iteration before the last), or None.
 """
@@ -31,7 +32,7 @@ class Inference(nn.Module):
     iterative = False
     eval_iterations: Optional[int] = None
 
-    def initial_state(self, batch_size: int, x: Optional[Tensor] = None) -> Any:
+    def initial_state(self, batch_size: int, x: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Any:
         return None
 
     def posterior(self, model: Any, x: Tensor, state: Any, p_z: Normal, q_state: Any = None) -> Posterior:

@@ -1,10 +1,18 @@
 """Generative models (p only). ``MODELS`` maps recipe names to classes."""
 
 from seqvi.models.base import SequentialModel
+from seqvi.models.dmm import DMM
+from seqvi.models.lgssm import LGSSM
+from seqvi.models.srnn import SRNN
+from seqvi.models.svg import SVG
 from seqvi.models.vrnn import VRNN
 
 MODELS: dict[str, type[SequentialModel]] = {
     "vrnn": VRNN,
+    "srnn": SRNN,
+    "dmm": DMM,
+    "lgssm": LGSSM,
+    "svg": SVG,
 }
 
 # Constructor arguments the data supplies (from the store), not the recipe.
