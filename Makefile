@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # 1 intra-op thread: measured faster and stall-free on 2 shared cores (see README).
 export SEQVI_THREADS ?= 1
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench fuzz install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py
+
+# Coverage-guided fuzzing (atheris) of the MIDI -> piano roll path and the SPHERE/WAV reader, each for
+# FUZZ_SECONDS; not part of `make test`. Crashing inputs land in fuzz/crashes/.
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	$(PY) fuzz/fuzz_midi.py -max_total_time=$(FUZZ_SECONDS) -timeout=20 fuzz/corpus/midi
+	$(PY) fuzz/fuzz_sphere.py -max_total_time=$(FUZZ_SECONDS) -timeout=20 fuzz/corpus/sphere
 
 clean:
 	rm -rf $(VENV) runs datasets/raw datasets/processed

@@ -30,19 +30,25 @@ ThreadsOpt = typer.Option(None, "--threads", min=1, help="Torch intra-op threads
 
 
 def command(fn):
-    """Register ``fn`` as a command whose SeqviErrors become one line and exit code 2."""
+    """Register ``fn`` as a command whose SeqviErrors become one line and exit code 2.
+
+    An OSError that names a file (an output path that is a directory, a full
+    disk, no permission) is bad input too: one line naming the file, exit 2.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except SeqviError as err:
-            if STATE["debug"]:
+        except (SeqviError, OSError) as err:
+            if STATE["debug"] or (isinstance(err, OSError) and err.filename is None):
                 raise
             from rich.markup import escape
 
             from seqvi.report import err_console
 
+            if isinstance(err, OSError):
+                err = SeqviError(f"{err.filename2 or err.filename}: {err.strerror or err}")
             label = "error" if err.exit_code == 2 else "stopped"
             err_console.print(f"[bold red]{label}:[/] {escape(str(err))}", soft_wrap=True)
             raise typer.Exit(err.exit_code) from None
@@ -124,7 +130,7 @@ def train(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     validate_sections(spec, str(recipe))
     target = run_dir or Path("runs") / recipe.stem
     with progress_bar() as bar:
-        result = run_train(spec, target, device=device, force=force, events=TrainProgress(bar))
+        result = run_train(spec, target, device=device, force=force, events=TrainProgress(bar), source=str(recipe))
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 reports
     rate = result.train_steps / max(result.seconds, 1e-9)
@@ -146,7 +152,6 @@ def eval_(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run directo
           device: str = DeviceOpt, threads: Optional[int] = ThreadsOpt,
           seed: int = typer.Option(0, "--seed", help="Seed for the posterior samples.")) -> None:
     """Free energy of a split per time step (nats/step, nats/sequence), optional bounds and gap."""
-    from seqvi.data.store import Store
     from seqvi.engine.evaluate import evaluate as run_evaluate
     from seqvi.engine.run import load_run
     from seqvi.engine.runs import write_text_atomic
@@ -163,7 +168,7 @@ def eval_(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run directo
         if not run.inference.iterative:
             raise SeqviError(f"--iterations: the run's inference '{run.recipe.inference['name']}' is not iterative")
         run.inference.eval_iterations = iterations
-    with Store(run.spec.store) as store:
+    with run.open_store() as store:
         result = run_evaluate(run.model, run.inference, store.split(split), split, device=run.device,
                               batch_size=run.recipe.data.eval_batch_size, seed=seed, bounds=choices[bound],
                               particles=particles, refine={"steps": refine, "lr": refine_lr} if refine else None,
@@ -189,11 +194,11 @@ def sample(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run direct
            length: int = typer.Option(128, "--length", min=1, help="Time steps per sequence."),
            prime: int = typer.Option(0, "--prime", min=0, help="Prime with the first N steps of test sequences."),
            out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default <run>/samples)."),
-           seed: int = typer.Option(0, "--seed"), device: str = DeviceOpt, threads: Optional[int] = ThreadsOpt) -> None:
+           seed: int = typer.Option(0, "--seed"), device: str = DeviceOpt, threads: Optional[int] = ThreadsOpt,
+           mean: Optional[bool] = typer.Option(None, "--mean/--draw", help="Write the emission's mean, or draw from it (default: mean for video, draw otherwise).")) -> None:
     """Generate sequences from the prior (optionally primed) and write them as files and a PNG."""
     from seqvi.data.batches import pad
-    from seqvi.data.samples import SAMPLE_WRITERS
-    from seqvi.data.store import Store
+    from seqvi.data.samples import SAMPLE_MEAN, SAMPLE_WRITERS
     from seqvi.engine.run import load_run
     from seqvi.engine.sample import sample_sequences
     from seqvi.engine.setup import configure_threads
@@ -201,19 +206,23 @@ def sample(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run direct
 
     configure_threads(threads)
     run = load_run(checkpoint, device)
-    prime_x = None
+    prime_x, truth = None, None
     if prime:
         if prime >= length:
             raise SeqviError(f"--prime {prime} must be shorter than --length {length}")
-        with Store(run.spec.store) as store:
+        with run.open_store() as store:
             test = store.split("test")
             picks = [i for i in range(len(test)) if test.lengths[i] >= prime][:num]
             if len(picks) < num:
                 raise SeqviError(f"only {len(picks)} test sequences have {prime} steps to prime from")
-            prime_x, _ = pad([test.read(i, 0, prime) for i in picks])
-    x = sample_sequences(run.model, run.inference, num, length, prime=prime_x, seed=seed).cpu().numpy()
+            prime_x, _ = pad([test.read(i, 0, prime) for i in picks], test.value_scale)
+            truth, _ = pad([test.read(i, 0, length) for i in picks], test.value_scale, length)
+            truth = truth.numpy()
+    use_mean = SAMPLE_MEAN.get(run.spec.adapter, False) if mean is None else mean
+    x = sample_sequences(run.model, run.inference, num, length, prime=prime_x, seed=seed,
+                         use_mean=use_mean).cpu().numpy()
     out_dir = out or run.run_dir / "samples"
-    paths = SAMPLE_WRITERS[run.spec.adapter](x, out_dir, run.spec)
+    paths = SAMPLE_WRITERS[run.spec.adapter](x, out_dir, run.spec, truth=truth)
     png = plot_samples(run.spec.adapter, x, out_dir / "samples.png", primed=prime)
     for path in paths:
         console.print(f"wrote {path}")
@@ -227,10 +236,9 @@ def predict(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run direc
             horizon: Optional[List[int]] = typer.Option(None, "--horizon", min=1, help="Frames to predict; repeat for several (default 10 and 30)."),
             samples: int = typer.Option(100, "--samples", min=1, help="Samples per sequence; the best is scored (SVG protocol)."),
             max_sequences: Optional[int] = typer.Option(None, "--max-sequences", min=1, help="Score only the first N eligible sequences."),
-            batch_size: int = typer.Option(100, "--batch-size", min=1, help="Sequences generated at once."),
+            batch_size: int = typer.Option(100, "--batch-size", min=1, help="Sample copies generated at once (bounds memory)."),
             seed: int = typer.Option(0, "--seed"), device: str = DeviceOpt, threads: Optional[int] = ThreadsOpt) -> None:
     """Video prediction: condition on real frames, best of N samples by PSNR and SSIM per predicted frame."""
-    from seqvi.data.store import Store
     from seqvi.engine.predict import predict as run_predict
     from seqvi.engine.run import load_run
     from seqvi.engine.runs import write_text_atomic
@@ -239,7 +247,7 @@ def predict(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run direc
 
     configure_threads(threads)
     run = load_run(checkpoint, device)
-    with Store(run.spec.store) as store, progress_bar() as bar:
+    with run.open_store() as store, progress_bar() as bar:
         task = bar.add_task("predict", total=None, info="")
         result = run_predict(run.model, run.inference, store.split(split), split, context=context,
                              horizons=tuple(horizon or (10, 30)), samples=samples, max_sequences=max_sequences,

@@ -36,6 +36,7 @@ class DataConfig:
     batch_size: int = 16
     crop_length: int = 25            # training crops; 0 = whole sequences
     min_length: int = 0              # drop shorter training sequences (AVF drops < 25)
+    bucket: bool = False             # batch sequences of similar length (less padding; see seqvi/data/batches.py)
     eval_batch_size: int = 32
 
 
@@ -74,6 +75,11 @@ class Recipe:
 
 
 OPEN_SECTIONS = ("model", "inference")
+
+# Lower bounds of the numeric keys that have one (a batch of 0 or log_every 0 means nothing).
+MINIMUM = {"data.batch_size": 1, "data.eval_batch_size": 1, "data.crop_length": 0, "data.min_length": 0,
+           "objective.kl_anneal_epochs": 0, "objective.particles": 1, "train.epochs": 0,
+           "train.log_every": 1, "train.checkpoint_every": 0, "train.clip_grad": 0}
 
 
 # --------------------------------------------------------------------------- YAML
@@ -205,6 +211,10 @@ def _apply_override(raw: dict, item: str) -> None:
 def _build(cls, raw: dict, prefix: str, source: str):
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if not isinstance(key, str):
+            raise RecipeError(f"{source}: key {key!r}{' in ' + repr(prefix[:-1]) if prefix else ''} "
+                              f"is not a name (keys are strings such as 'train')")
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         path = prefix + unknown[0]
@@ -223,6 +233,8 @@ def _build(cls, raw: dict, prefix: str, source: str):
             values[name] = _open_section(value, path, source)
         else:
             values[name] = coerce(value, hint, path, source)
+            if path in MINIMUM and values[name] is not None and values[name] < MINIMUM[path]:
+                raise RecipeError(f"{source}: '{path}' must be at least {MINIMUM[path]}, got {value!r}")
     return cls(**values)
 
 

@@ -49,29 +49,35 @@ def log_likelihood(p_x: Distribution, x: Tensor) -> Tensor:
 @contextlib.contextmanager
 def noise_shard(rows: Tensor, global_batch: int) -> Iterator[None]:
     """Within this block, ``reparameterize`` draws global-batch noise and keeps ``rows``."""
-    token = _NOISE_SHARD.set((rows, global_batch))
+    whole = len(rows) == global_batch and bool(torch.equal(rows.cpu(), torch.arange(global_batch)))
+    token = _NOISE_SHARD.set(None if whole else (rows, global_batch))   # all rows in order: plain draws
     try:
         yield
     finally:
         _NOISE_SHARD.reset(token)
 
 
-def reparameterize(q_z: Normal) -> Tensor:
-    """z = loc + scale * eps. Under ``noise_shard``, eps is the global batch's, sliced.
+def standard_normal(like: Tensor) -> Tensor:
+    """eps ~ N(0, I) shaped like ``like``. Under ``noise_shard``, the global batch's eps, sliced.
 
     A local batch of K * b rows (K particles stacked as k * b + i) maps to
-    global rows k * B + rows[i].
+    global rows k * B + rows[i]. A shard holding every row in order draws
+    exactly what a plain ``randn_like`` draws, so it takes that shortcut.
     """
     shard = _NOISE_SHARD.get()
     if shard is None:
-        return q_z.loc + q_z.scale * torch.randn_like(q_z.loc)
+        return torch.randn_like(like)
     rows, global_batch = shard
-    local = q_z.loc.shape[0]
+    local = like.shape[0]
     particles = local // len(rows)
     index = (torch.arange(particles).unsqueeze(1) * global_batch + rows.unsqueeze(0)).reshape(-1)
-    eps = torch.randn((particles * global_batch, *q_z.loc.shape[1:]), dtype=q_z.loc.dtype,
-                      device=q_z.loc.device)[index.to(q_z.loc.device)]
-    return q_z.loc + q_z.scale * eps
+    return torch.randn((particles * global_batch, *like.shape[1:]), dtype=like.dtype,
+                       device=like.device)[index.to(like.device)]
+
+
+def reparameterize(q_z: Normal) -> Tensor:
+    """z = loc + scale * eps, eps from ``standard_normal`` (global-batch noise under ``noise_shard``)."""
+    return q_z.loc + q_z.scale * standard_normal(q_z.loc)
 
 
 def step_free_energy(model: Any, q_z: Normal, p_z: Normal, x: Tensor, state: Any,

@@ -25,8 +25,9 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor
+from torch.distributions import Normal
 
-from seqvi.free_energy import log_likelihood, reparameterize, step_free_energy
+from seqvi.free_energy import gaussian_kl, log_likelihood, reparameterize, step_free_energy
 
 
 @dataclass
@@ -44,14 +45,72 @@ class SequenceTerms:
 
 
 def filter_sequence(model: Any, inference: Any, x: Tensor, mask: Tensor,
-                    refine: Callable | None = None, bin_width: float | None = None) -> SequenceTerms:
+                    refine: Callable | None = None, bin_width: float | None = None,
+                    fast: bool | None = None) -> SequenceTerms:
     """One filtering pass with one reparameterized sample per step.
 
     ``refine(model, q_z, p_z, x_t, state) -> (F_before, F_after)`` (see
     ``seqvi.inference.refine``), when given, measures the amortization gap at
     every step without changing the filter's own trajectory. ``bin_width``
     also scores each frame on quantization bins (discretized likelihood).
+
+    ``fast`` (default: whenever the model allows it and nothing needs the
+    per-step terms, i.e. no ``refine``) keeps inside the time loop only what
+    the next step depends on: the posterior, the sample and ``advance`` (and
+    the prior when the inference reads it). The emission, the
+    log-likelihood, the prior and the KL are then evaluated once for all real
+    steps on stacked states, (B*T) rows, which is the same mathematics with
+    large matrix products instead of T small ones. It needs a model whose
+    ``prior`` and ``emission`` are row-wise functions of (z, state)
+    (``SequentialModel.stack_steps``). The noise is drawn in the same order
+    and shapes as the eager loop, so both give the same numbers up to the
+    order of float additions (tests/test_fast_path.py).
     """
+    if fast is None:
+        fast = refine is None and getattr(model, "stack_steps", False)
+    if not fast:
+        return _filter_eager(model, inference, x, mask, refine, bin_width)
+    batch, steps = mask.shape
+    state = model.initial_state(batch)
+    q_state = inference.initial_state(batch, x, mask)
+    reads_prior = getattr(inference, "reads_prior", True)
+    states, locs, scales, zs, aux = [], [], [], [], []
+    for t in range(steps):
+        x_t = x[:, t]
+        p_z = model.prior(state) if reads_prior else None
+        q = inference.posterior(model, x_t, state, p_z, q_state)
+        z = reparameterize(q.q_z)
+        states.append(state)
+        locs.append(q.q_z.loc)
+        scales.append(q.q_z.scale)
+        zs.append(z)
+        if q.aux is not None:
+            aux.append(q.aux)
+        state, q_state = model.advance(state, x_t, z), q.q_state
+    # Everything below sees the real steps only, as rows b * T + t.
+    keep = _real_rows(mask)
+    rows = lambda seq: _take(_stack_steps(seq), keep)  # noqa: E731
+    flat_state, z = rows(states), rows(zs)
+    q_z = Normal(rows(locs), rows(scales), validate_args=False)
+    p_z = model.prior(flat_state)
+    p_x = model.emission(z, flat_state)
+    x_real = _take(x.flatten(0, 1), keep)
+    recon = -log_likelihood(p_x, x_real)
+    kl = gaussian_kl(q_z, p_z)
+    binned = None
+    if bin_width is not None and isinstance(p_x, Normal):
+        from seqvi.likelihoods import discretized_gaussian_log_prob
+
+        binned = -discretized_gaussian_log_prob(p_x.loc, p_x.scale, x_real, bin_width).flatten(1).sum(1)
+    put = lambda v: _put(v, keep, mask) * mask  # noqa: E731
+    return SequenceTerms(put(recon), put(kl), mask,
+                         torch.stack(aux, 1) * mask if aux else None, None,
+                         put(binned) if binned is not None else None)
+
+
+def _filter_eager(model: Any, inference: Any, x: Tensor, mask: Tensor,
+                  refine: Callable | None = None, bin_width: float | None = None) -> SequenceTerms:
+    """The reference loop: every term of F_t computed at step t (see ``filter_sequence``)."""
     batch, steps = mask.shape
     state = model.initial_state(batch)
     q_state = inference.initial_state(batch, x, mask)
@@ -75,6 +134,37 @@ def filter_sequence(model: Any, inference: Any, x: Tensor, mask: Tensor,
                          torch.stack(aux, 1) * mask if aux else None,
                          torch.stack(gap, 1) * mask if gap else None,
                          torch.stack(binned, 1) * mask if binned else None)
+
+
+def _stack_steps(seq: list) -> Any:
+    """T per-step values (tensors (B, ...) or tuples of them) -> the same with rows b * T + t."""
+    first = seq[0]
+    if isinstance(first, torch.Tensor):
+        return torch.stack(seq, 1).flatten(0, 1)
+    items = [_stack_steps([s[i] for s in seq]) for i in range(len(first))]
+    return type(first)(*items) if hasattr(first, "_fields") else type(first)(items)
+
+
+def _real_rows(mask: Tensor) -> Tensor | None:
+    """Indices of the real steps among the rows b * T + t, or None when every step is real."""
+    flat = mask.reshape(-1) > 0
+    return None if bool(flat.all()) else flat.nonzero().squeeze(1)
+
+
+def _take(value: Any, index: Tensor | None) -> Any:
+    if index is None:
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.index_select(0, index)
+    items = [_take(v, index) for v in value]
+    return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+
+
+def _put(values: Tensor, index: Tensor | None, mask: Tensor) -> Tensor:
+    """(real rows,) -> (B, T), zero on padding."""
+    if index is None:
+        return values.view(mask.shape)
+    return values.new_zeros(mask.numel()).index_put((index,), values).view(mask.shape)
 
 
 def training_loss(terms: SequenceTerms, kl_weight: float = 1.0) -> Tensor:
@@ -130,7 +220,10 @@ def particle_bound(model: Any, inference: Any, x: Tensor, mask: Tensor, num_part
     K = num_particles
     xk = x.unsqueeze(0).expand(K, *x.shape).reshape(K * batch, *x.shape[1:])
     state = model.initial_state(K * batch)
-    q_state = inference.initial_state(K * batch, xk, mask.repeat(K, 1))
+    # q's initial state is a deterministic function of each row's x: compute it once, repeat it K times
+    q_state = reindex(inference.initial_state(batch, x, mask), torch.arange(K * batch, device=x.device) % batch)
+    if not (resample and K > 1) and getattr(model, "stack_steps", False):
+        return _iwae_stacked(model, inference, xk, mask, K, state, q_state)
     log_w = x.new_zeros(K, batch)
     log_k = torch.log(torch.tensor(float(K), device=x.device))
     lse_prev = log_w.logsumexp(0)
@@ -162,6 +255,38 @@ def particle_bound(model: Any, inference: Any, x: Tensor, mask: Tensor, num_part
         lse_prev = log_w.logsumexp(0)
     # lse_prev starts at log K, so the increments sum to logsumexp(log w_T) - log K.
     return BoundTerms(torch.stack(increments, 1), torch.stack(resampled, 1), mask)
+
+
+def _iwae_stacked(model: Any, inference: Any, xk: Tensor, mask: Tensor, K: int, state: Any,
+                  q_state: Any) -> BoundTerms:
+    """IWAE (and ELBO, K = 1) when nothing is resampled: the weights never steer the particles,
+    so the loop keeps only q, the sample and ``advance``; log alpha is computed after it for all
+    real steps at once on stacked states (as in ``filter_sequence``), then
+    log w_t = cumsum_t log alpha_t and increment_t = lse_k log w_t - lse_k log w_{t-1}."""
+    batch, steps = mask.shape
+    reads_prior = getattr(inference, "reads_prior", True)
+    states, locs, scales, zs = [], [], [], []
+    for t in range(steps):
+        x_t = xk[:, t]
+        p_z = model.prior(state) if reads_prior else None
+        q = inference.posterior(model, x_t, state, p_z, q_state)
+        z = reparameterize(q.q_z)
+        states.append(state)
+        locs.append(q.q_z.loc)
+        scales.append(q.q_z.scale)
+        zs.append(z)
+        state, q_state = model.advance(state, x_t, z), q.q_state
+    maskk = mask.repeat(K, 1)                                                   # (K*B, T)
+    keep = _real_rows(maskk)
+    rows = lambda seq: _take(_stack_steps(seq), keep)  # noqa: E731
+    flat_state, z = rows(states), rows(zs)
+    q_z = Normal(rows(locs), rows(scales), validate_args=False)
+    log_alpha = (log_likelihood(model.emission(z, flat_state), _take(xk.flatten(0, 1), keep))
+                 + model.prior(flat_state).log_prob(z).flatten(1).sum(1) - q_z.log_prob(z).flatten(1).sum(1))
+    log_w = (_put(log_alpha, keep, maskk) * maskk).view(K, batch, steps).cumsum(2)
+    log_k = torch.log(torch.tensor(float(K), device=xk.device))
+    lse = torch.cat([log_k.expand(batch, 1), log_w.logsumexp(0)], 1)              # (B, T + 1)
+    return BoundTerms(lse[:, 1:] - lse[:, :-1], torch.zeros_like(mask), mask)
 
 
 def reindex(state: Any, index: Tensor) -> Any:

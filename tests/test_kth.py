@@ -273,4 +273,5 @@ def test_cli_download_preprocess_train_eval_predict_sample(tmp_path, manifests, 
                                                          "sample_02.mp4", "samples.png"]
     with av.open(str(samples / "sample_01.mp4")) as container:
         frames = [f.to_ndarray(format="gray") for f in container.decode(video=0)]
-    assert len(frames) == 6 and frames[0].shape == (128, 128)
+    # primed: ground truth | divider | sample, side by side (frames upscaled 2x for viewing)
+    assert len(frames) == 6 and frames[0].shape[0] == 128 and frames[0].shape[1] > 2 * 128

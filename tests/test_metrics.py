@@ -29,16 +29,18 @@ def test_ssim_identity_symmetry_and_shape():
     assert ssim(x, y).shape == (2, 3)
     torch.testing.assert_close(ssim(x, x), torch.ones(2, 3, dtype=torch.float64))
     torch.testing.assert_close(ssim(x, y), ssim(y, x))
+    torch.testing.assert_close(ssim(x.float(), y.float()), ssim(x, y).float(), atol=1e-6, rtol=0)
     noisy = [ssim(x, (x + s * images(*x.shape, seed=3)).clamp(0, 1)).mean() for s in (0.05, 0.2, 0.5)]
     assert 1 > noisy[0] > noisy[1] > noisy[2]
 
 
 def test_ssim_of_constant_images_is_the_luminance_term():
     a, b = 0.3, 0.7
-    x, y = torch.full((1, 16, 16), a), torch.full((1, 16, 16), b)
     c1 = K1 ** 2
-    # no variance anywhere: contrast-structure = C2 / C2, luminance = (2ab + C1) / (a^2 + b^2 + C1)
-    assert ssim(x, y).item() == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1), rel=1e-6)
+    for dtype in (torch.float32, torch.float64):
+        x, y = torch.full((1, 16, 16), a, dtype=dtype), torch.full((1, 16, 16), b, dtype=dtype)
+        # no variance anywhere: contrast-structure = C2 / C2, luminance = (2ab + C1) / (a^2 + b^2 + C1)
+        assert ssim(x, y).item() == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1), rel=1e-6)
     assert K2 == 0.03
 
 

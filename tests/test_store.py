@@ -71,6 +71,8 @@ def test_batches_are_deterministic_crops_with_masks(tmp_path, seqs):
         train = store.split("train")
         order = epoch_order(train, 3, seed=1, epoch=0)
         assert sorted(np.concatenate(order).tolist()) == [0, 1, 2, 3]
+        assert [len(o) for o in order] == [4]  # a trailing batch of one joins the batch before it
+        assert [len(o) for o in epoch_order(train, 2, 1, 0)] == [2, 2]
         assert [o.tolist() for o in order] == [o.tolist() for o in epoch_order(train, 3, 1, 0)]
         x, mask = crop_batch(train, np.array([1, 2]), 4, seed=1, epoch=0, batch=0)
         assert x.shape == (2, 4, 3) and mask.tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]

@@ -21,7 +21,7 @@ from seqvi.data.store import Store
 from seqvi.errors import DataError
 
 
-def write_wav(x: np.ndarray, out_dir: Path, spec: Any) -> list[Path]:
+def write_wav(x: np.ndarray, out_dir: Path, spec: Any, truth: np.ndarray | None = None) -> list[Path]:
     """One WAV file per sequence of frames (N, T, F); returns the paths written."""
     with Store(spec.store) as store:
         try:

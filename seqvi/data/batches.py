@@ -4,6 +4,14 @@ Training order is a pure function of ``(seed, epoch)`` and each batch's crops
 of ``(seed, epoch, batch index)``. No sampler state needs saving: resuming at
 ``(epoch, batch)`` replays exactly what an uninterrupted run would have seen.
 
+With ``bucket=True`` (recipe ``data.bucket``), each batch holds sequences of
+similar length, so the filtering loop (as long as the batch's longest
+sequence) is not multiplied by padding: whole-sequence training on the Bach
+chorales runs 977-1,015 loop steps per epoch instead of ~1,930. Lengths are
+jittered by up to ±10% before sorting so that batches change from epoch to
+epoch; the order of the batches is shuffled. Still a pure function of
+``(seed, epoch)``.
+
 Shapes: ``x`` is ``(B, T, *frame_shape)`` float32, ``mask`` ``(B, T)`` float32
 with 1 on real steps; padding is always at the end of a sequence.
 """
@@ -17,14 +25,26 @@ import torch
 
 from seqvi.data.store import SplitData
 
+BUCKET_JITTER = 0.1   # log-scale jitter of lengths when bucketing (about ±10%)
+
 
 def epoch_order(split: SplitData, batch_size: int, seed: int, epoch: int,
-                min_length: int = 0) -> list[np.ndarray]:
+                min_length: int = 0, bucket: bool = False) -> list[np.ndarray]:
     """The sequence indices of each training batch of ``epoch`` (last batch may be short)."""
     eligible = np.flatnonzero(split.lengths >= max(min_length, 1))
     rng = np.random.default_rng([seed, epoch, 0])
     perm = eligible[rng.permutation(len(eligible))]
-    return [perm[i:i + batch_size] for i in range(0, len(perm), batch_size)]
+    if bucket:
+        jittered = split.lengths[perm] * np.exp(rng.uniform(-BUCKET_JITTER, BUCKET_JITTER, len(perm)))
+        perm = perm[np.argsort(jittered, kind="stable")]
+    batches = [perm[i:i + batch_size] for i in range(0, len(perm), batch_size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        # a batch of one breaks batch normalization (SVG): the last sequence joins the one before
+        last = batches.pop()
+        batches[-1] = np.concatenate([batches[-1], last])
+    if bucket:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
 
 
 def crop_batch(split: SplitData, indices: np.ndarray, crop_length: int, seed: int,

@@ -47,7 +47,6 @@ from seqvi.data.video import decode_gray
 from seqvi.errors import DataError
 
 ADAPTER_VERSION = "1"
-ACTIONS = ("walking", "jogging", "running", "boxing", "handwaving", "handclapping")
 SEQUENCES_FILE = "00sequences.txt"
 FRAME_SIZE = (64, 64)
 FPS = 25
@@ -89,7 +88,7 @@ def person_splits(manifest: Manifest) -> tuple[str, dict[int, list[str]]]:
     persons: dict[int, list[str]] = {}
     for split, ids in splits.items():
         if split not in SPLITS or not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
-            raise DataError(f"datasets/{manifest.name}.yaml: 'splits' must map train/valid/test to "
+            raise DataError(f"manifest '{manifest.name}': 'splits' must map train/valid/test to "
                             f"lists of person ids, got {split!r}: {ids!r}")
         for i in ids:
             persons.setdefault(i, []).append(split)
@@ -228,7 +227,10 @@ def _zip_entries(path: Path, report: PreprocessReport, archives: list) -> list[t
 def _zip_sequences(archive: zipfile.ZipFile) -> str | None:
     for info in archive.infolist():
         if PurePosixPath(info.filename).name.lower() == SEQUENCES_FILE:
-            return _read_text(archive.read(info))
+            try:
+                return _read_text(archive.read(info))
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+                raise DataError(f"{archive.filename}:{info.filename}: corrupt zip member ({err})") from None
     return None
 
 

@@ -10,10 +10,11 @@ else the repository's ``datasets/`` folder (next to the manifests).
 from __future__ import annotations
 
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqvi.config import read_yaml
+from seqvi.config import coerce, read_yaml
 from seqvi.errors import RecipeError, SeqviError
 
 MANIFEST_DIR = Path(__file__).resolve().parents[2] / "datasets"
@@ -48,6 +49,14 @@ def load_manifest(name: str) -> Manifest:
     if not path.exists():
         raise SeqviError(f"unknown data set '{name}' (known: {', '.join(available())})")
     raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a manifest must be a mapping of fields, got {type(raw).__name__}")
+    hints = typing.get_type_hints(Manifest)
+    for key, value in raw.items():
+        if key in hints and key != "files":
+            coerce(value, hints[key], key, str(path))
+    if raw.get("steps_per_beat", 1) < 1:
+        raise RecipeError(f"{path}: 'steps_per_beat' must be at least 1, got {raw['steps_per_beat']}")
     try:
         files = tuple(
             {"name": str(f["name"]), "urls": [str(u) for u in f.get("urls", [])],

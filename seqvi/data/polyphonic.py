@@ -32,6 +32,7 @@ from seqvi.errors import DataError
 
 ADAPTER_VERSION = "1"
 MIDI_SUFFIXES = (".mid", ".midi")
+MAX_MIDI_BYTES = 16 << 20  # bounds memory per file (a zip member may inflate a thousandfold); real MIDI is < 1 MiB
 Progress = Callable[[str, int, int | None], None]
 
 
@@ -87,6 +88,10 @@ def _rolls(source: Path, steps_per_beat: int, max_steps: int, report: Preprocess
         for split in SPLITS:
             for i, seq in enumerate(corpus[split]):
                 name = f"{split}/{i:04d}"
+                if len(seq) > max_steps:
+                    _skip(report, name, f"{len(seq)} steps, more than the cap of {max_steps}; "
+                          f"raise --max-steps to keep it", strict)
+                    continue
                 try:
                     roll = notes_to_roll(seq, name=f"{source.name}:{name}")
                 except DataError as err:
@@ -118,6 +123,8 @@ def _rolls(source: Path, steps_per_beat: int, max_steps: int, report: Preprocess
 
 def _midi_members(source: Path, report: PreprocessReport, strict: bool):
     """Yield ``(split, name, read)`` for every MIDI file under a zip or folder, sorted."""
+    if source.is_file() and source.suffix.lower() == ".zip" and not zipfile.is_zipfile(source):
+        raise DataError(f"{source}: corrupt zip (no central directory: truncated or not a zip); download it again")
     if source.is_file() and zipfile.is_zipfile(source):
         report.sources[source.name] = _sha256(source)
         try:
@@ -133,6 +140,10 @@ def _midi_members(source: Path, report: PreprocessReport, strict: bool):
             if path.is_absolute() or ".." in path.parts or "\\" in info.filename:
                 _skip(report, info.filename, "unsafe path in zip (absolute or '..')", strict)
                 continue
+            if info.file_size > MAX_MIDI_BYTES:
+                _skip(report, info.filename, f"{info.file_size} bytes uncompressed, over the "
+                      f"{MAX_MIDI_BYTES >> 20} MiB cap for a MIDI file", strict)
+                continue
             split = _split_of(path.parts)
             if split:
                 found.append((split, info.filename, _zip_reader(archive, info, source)))
@@ -144,7 +155,10 @@ def _midi_members(source: Path, report: PreprocessReport, strict: bool):
             if path.suffix.lower() not in MIDI_SUFFIXES or not path.is_file():
                 continue
             split = _split_of(path.relative_to(source).parts)
-            if split:
+            if split and path.stat().st_size > MAX_MIDI_BYTES:
+                _skip(report, path.relative_to(source).as_posix(), f"{path.stat().st_size} bytes, over the "
+                      f"{MAX_MIDI_BYTES >> 20} MiB cap for a MIDI file", strict)
+            elif split:
                 rel = path.relative_to(source).as_posix()
                 found.append((split, rel, path.read_bytes))
                 digest.update(rel.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())

@@ -12,11 +12,11 @@ from typing import Callable
 from seqvi.data.chorales import export_bach_chorales
 from seqvi.data.download import fetch_files
 from seqvi.data.kth import preprocess_kth
-from seqvi.data.manifest import load_manifest, raw_dir, store_path
+from seqvi.data.manifest import load_manifest, manifest_dir, raw_dir, store_path
 from seqvi.data.polyphonic import preprocess_midi
 from seqvi.data.synthetic import download_synthetic, preprocess_synthetic
 from seqvi.data.timit import preprocess_timit
-from seqvi.errors import DataError, SeqviError
+from seqvi.errors import DataError, RecipeError, SeqviError
 
 Progress = Callable[[str, int, int | None], None]
 
@@ -40,9 +40,16 @@ DOWNLOADERS = {"http": _download_http, "music21": _download_music21, "manual": _
 ADAPTERS = {"midi": preprocess_midi, "timit": preprocess_timit, "kth": preprocess_kth, "synthetic": preprocess_synthetic}
 
 
+def _checked(name: str, kind: str, value: str, known: dict) -> str:
+    if value not in known:
+        raise RecipeError(f"{manifest_dir() / name}.yaml: unknown {kind} {value!r} (known: {', '.join(known)})")
+    return value
+
+
 def download(name: str, root: str | None = None, progress: Progress | None = None,
              limit: int | None = None):
     manifest = load_manifest(name)
+    _checked(name, "download", manifest.download, DOWNLOADERS)
     raw = raw_dir(name, root)
     raw.mkdir(parents=True, exist_ok=True)
     return raw, DOWNLOADERS[manifest.download](manifest, raw, progress, limit)
@@ -68,6 +75,7 @@ def find_source(name: str, root: str | None = None) -> Path:
 def preprocess(name: str, root: str | None = None, source: str | Path | None = None, *,
                strict: bool = False, max_steps: int = 100_000, progress: Progress | None = None):
     manifest = load_manifest(name)
+    _checked(name, "adapter", manifest.adapter, ADAPTERS)
     src = Path(source).expanduser() if source else find_source(name, root)
     if not src.exists():
         raise DataError(f"{src}: no such file or folder (--source)")

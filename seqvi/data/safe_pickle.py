@@ -24,6 +24,9 @@ from pathlib import Path
 from seqvi.errors import DataError
 
 SPLITS = ("train", "valid", "test")
+# A pickle can refer to one list many times (memo), so a few KB can stand for billions of steps
+# ("billion laughs"). Every step and note of a genuine file costs at least one byte of it.
+EXPANSION = 8
 
 
 class _NoGlobalsUnpickler(pickle.Unpickler):
@@ -57,13 +60,14 @@ def _check_list(value, name: str, where: str, expected: str, allow_tuple: bool =
         raise DataError(f"{name}: {where} is a {type(value).__name__}, expected {expected}")
 
 
-def _validate(obj, name: str) -> dict[str, list[list[list[int]]]]:
+def _validate(obj, name: str, budget: int | None = None) -> dict[str, list[list[list[int]]]]:
     if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
         raise DataError(f"{name}: the pickle holds a {type(obj).__name__}, expected a dict with str keys {SPLITS}")
     missing = [s for s in SPLITS if s not in obj]
     if missing:
         raise DataError(f"{name}: the pickle has no split {missing[0]!r} (keys: {sorted(obj)}); expected {SPLITS}")
     corpus = {}
+    work = 0
     for split in SPLITS:
         _check_list(obj[split], name, split, "a list of sequences")
         sequences = []
@@ -73,6 +77,10 @@ def _validate(obj, name: str) -> dict[str, list[list[list[int]]]]:
             for t, step in enumerate(sequence):
                 where = f"{split}[{i}][{t}]"
                 _check_list(step, name, where, "a list of MIDI note numbers", allow_tuple=True)
+                work += 1 + len(step)
+                if budget is not None and work > budget:
+                    raise DataError(f"{name}: the pickle expands past {budget:,} steps and notes at {where} "
+                                    f"(shared references: a decompression bomb, not a note pickle); refusing it")
                 steps.append([_note(n, name, f"{where}[{j}]") for j, n in enumerate(step)])
             sequences.append(steps)
         corpus[split] = sequences
@@ -101,4 +109,4 @@ def load_note_pickle(path: str | Path) -> dict[str, list[list[list[int]]]]:
             f"{name}: not a readable pickle ({type(e).__name__}{': ' + detail if detail else ''}); "
             "the file is truncated or corrupt, download it again"
         ) from e
-    return _validate(obj, name)
+    return _validate(obj, name, budget=EXPANSION * len(data) + 100_000)

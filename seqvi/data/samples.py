@@ -1,7 +1,11 @@
 """Write generated sequences in the format people open for each kind of data.
 
 ``SAMPLE_WRITERS`` maps a store's adapter to a writer taking
-``(x: (N, T, *X) array, out_dir, spec) -> list of paths``.
+``(x: (N, T, *X) array, out_dir, spec, truth=None) -> list of paths``;
+``truth`` (the real sequences, when sampling was primed) lets a writer show
+samples beside the data (video does; audio and MIDI ignore it).
+``SAMPLE_MEAN`` says which kinds are shown as the emission's mean by default
+(pixel noise drawn from a Gaussian hides the video).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from seqvi.data.synthetic import write_npz
 from seqvi.data.video_samples import write_video
 
 
-def write_midi(x: np.ndarray, out_dir: Path, spec: Any) -> list[Path]:
+def write_midi(x: np.ndarray, out_dir: Path, spec: Any, truth: np.ndarray | None = None) -> list[Path]:
     """One standard MIDI file per piano roll (N, T, 88), on the data set's beat grid."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -28,4 +32,5 @@ def write_midi(x: np.ndarray, out_dir: Path, spec: Any) -> list[Path]:
     return paths
 
 
+SAMPLE_MEAN = {"kth": True}
 SAMPLE_WRITERS = {"midi": write_midi, "timit": write_wav, "kth": write_video, "synthetic": write_npz}

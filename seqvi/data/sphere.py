@@ -140,12 +140,17 @@ def read_wav(data: bytes, name: str) -> tuple[np.ndarray, int]:
     from scipy.io import wavfile
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", wavfile.WavFileWarning)  # unknown chunks are fine
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", wavfile.WavFileWarning)  # unknown chunks are fine, a short body is not
             rate, samples = wavfile.read(io.BytesIO(data))
-    except (ValueError, EOFError, OSError, IndexError) as err:
+    except Exception as err:  # scipy raises ValueError, EOFError, struct.error, ... for a garbled header
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataError(f"{name}: unreadable RIFF WAV ({first}); {FIX}") from None
+    for warning in caught:
+        if "EOF" in str(warning.message):  # "Reached EOF prematurely; finished at N bytes, expected M ..."
+            raise DataError(f"{name}: truncated RIFF WAV ({warning.message}); {FIX}")
+    if rate <= 0:
+        raise DataError(f"{name}: RIFF WAV fmt field sample rate = {rate}; {FIX}")
     if samples.ndim != 1:
         raise DataError(f"{name}: RIFF WAV fmt field channels = {samples.shape[1]}; only mono is supported")
     if samples.dtype != np.int16:

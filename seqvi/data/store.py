@@ -83,7 +83,11 @@ class StoreWriter:
         for split in SPLITS:
             if split not in self._offsets or len(self._names[split]) == 0:
                 self.abort()
-                raise DataError(f"{self.path.name}: split '{split}' is empty after preprocessing")
+                skipped = attrs.get("skipped") or []
+                why = (f" ({len(skipped)} files skipped; first: {skipped[0][0]}: "
+                       f"{str(skipped[0][1]).removeprefix(str(skipped[0][0]) + ': ')})" if skipped else "")
+                raise DataError(f"{self.path}: split '{split}' is empty after preprocessing{why}; "
+                                f"the previous store, if any, is unchanged")
         for split, offsets in self._offsets.items():
             group = self.file[split]
             group.create_dataset("offsets", data=np.asarray(offsets, dtype=np.int64))
@@ -114,15 +118,20 @@ class StoreWriter:
 class SplitData:
     """One split of an open store: lengths up front, frames read on demand."""
 
-    def __init__(self, group: h5py.Group, path: Path, split: str, value_scale: float = 1.0):
+    def __init__(self, group: h5py.Group, path: Path, split: str, value_scale: float = 1.0,
+                 frame_shape: tuple[int, ...] | None = None):
         self.value_scale = float(value_scale)  # multiplies stored values when batches are made
+        self.path, self.split = path, split
         try:
             self.frames = group["frames"]
             self.offsets = np.asarray(group["offsets"][:], dtype=np.int64)
             self.names = [n.decode() if isinstance(n, bytes) else str(n) for n in group["names"][:]]
-        except (KeyError, OSError) as err:
+        except (KeyError, OSError, ValueError, TypeError, AttributeError) as err:
             raise DataError(f"{path}: split '{split}' is incomplete ({err})") from None
-        if (len(self.offsets) != len(self.names) + 1 or self.offsets[0] != 0
+        if frame_shape is not None and tuple(self.frames.shape[1:]) != tuple(frame_shape):
+            raise DataError(f"{path}: split '{split}' frames have shape {tuple(self.frames.shape[1:])}, "
+                            f"the store's frame_shape attribute says {tuple(frame_shape)}")
+        if (self.offsets.ndim != 1 or len(self.offsets) != len(self.names) + 1 or self.offsets[0] != 0
                 or np.any(np.diff(self.offsets) < 0) or self.offsets[-1] != self.frames.shape[0]):
             raise DataError(f"{path}: split '{split}' offsets do not match its frames")
         self.lengths = np.diff(self.offsets)
@@ -135,7 +144,11 @@ class SplitData:
         length = int(self.lengths[i])
         stop = length if stop is None else min(stop, length)
         base = int(self.offsets[i])
-        return self.frames[base + start: base + stop]
+        try:
+            return self.frames[base + start: base + stop]
+        except OSError as err:  # a corrupt chunk: h5py reads lazily, so it shows only here
+            raise DataError(f"{self.path}: split '{self.split}' sequence {i} ({self.names[i]}) is unreadable "
+                            f"({' '.join(str(err).split())[:160]}); run `seqvi preprocess` again") from None
 
 
 class Store:
@@ -170,7 +183,7 @@ class Store:
             if name not in self.file:
                 raise DataError(f"{self.path}: no split '{name}' (has: {', '.join(self.splits)})")
             self._splits[name] = SplitData(self.file[name], self.path, name,
-                                           float(self.attrs.get("value_scale", 1.0)))
+                                           float(self.attrs.get("value_scale", 1.0)), self.frame_shape)
         return self._splits[name]
 
     def close(self) -> None:

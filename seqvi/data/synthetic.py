@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import time
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -91,13 +92,17 @@ def preprocess_synthetic(manifest: Manifest, source: Path, out_path: Path, *, st
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise DataError(f"{path}: not a readable .npz ({err}); run `seqvi download {manifest.name}` again") from None
     missing = [k for k in [f"x_{s}" for s in SPLITS] + ["system"] if k not in arrays]
     if missing:
         raise DataError(f"{path}: missing arrays {', '.join(missing)}; run `seqvi download {manifest.name}` again")
-    system = json.loads(str(arrays["system"]))
-    x_dim = len(system["C"])
+    try:
+        system = json.loads(str(arrays["system"]))
+        x_dim = len(system["C"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise DataError(f"{path}: array 'system' is not the JSON of a system with a matrix C ({err}); "
+                        f"run `seqvi download {manifest.name}` again") from None
     writer = StoreWriter(out_path, (x_dim,), "float32")
     try:
         total = sum(len(arrays[f"x_{s}"]) for s in SPLITS)
@@ -139,7 +144,7 @@ def preprocess_synthetic(manifest: Manifest, source: Path, out_path: Path, *, st
     return report
 
 
-def write_npz(x: np.ndarray, out_dir: Path, spec: object) -> list[Path]:
+def write_npz(x: np.ndarray, out_dir: Path, spec: object, truth: np.ndarray | None = None) -> list[Path]:
     """Generated sequences (N, T, X) as ``samples.npz`` (array ``x``): the sample writer for this adapter."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "samples.npz"

@@ -89,7 +89,9 @@ def preprocess_timit(manifest: Manifest, source: Path, out_path: Path, *, strict
     """Convert ``source`` (TIMIT folder or zip, or a plain WAV tree) into the store at ``out_path``."""
     started = time.perf_counter()
     report = PreprocessReport(manifest.name)
-    utterances, layout, duplicates = _find_utterances(source, report, strict)
+    # No 16-bit mono file of at most max_steps frames is bigger (header included): refuse before reading.
+    max_bytes = max_steps * FRAME_SIZE * 2 + (1 << 20)
+    utterances, layout, duplicates = _find_utterances(source, report, strict, max_bytes)
     if layout == "plain":
         report.dataset = f"{manifest.name} (not TIMIT: plain WAV tree, splits by path hash)"
 
@@ -204,9 +206,10 @@ def plain_split(name: str) -> str:
 # --------------------------------------------------------------------------- sources
 
 
-def _find_utterances(source: Path, report: PreprocessReport, strict: bool) -> tuple[list[Utterance], str, int]:
+def _find_utterances(source: Path, report: PreprocessReport, strict: bool,
+                     max_bytes: int | None = None) -> tuple[list[Utterance], str, int]:
     """Every audio file of the source with its split, in a fixed order; the layout; duplicates ignored."""
-    members = _members(source, report, strict)   # sorted (name, read)
+    members = _members(source, report, strict, max_bytes)   # sorted (name, read)
     timit = any(_timit_split(name) for name, _ in members)
     chosen: dict[str, tuple[str, str, Callable]] = {}   # utterance key -> (split, name, read)
     duplicates = 0
@@ -237,7 +240,10 @@ def _find_utterances(source: Path, report: PreprocessReport, strict: bool) -> tu
     return utterances, "plain", duplicates
 
 
-def _members(source: Path, report: PreprocessReport, strict: bool) -> list[tuple[str, Callable[[], bytes]]]:
+def _members(source: Path, report: PreprocessReport, strict: bool,
+             max_bytes: int | None = None) -> list[tuple[str, Callable[[], bytes]]]:
+    if source.is_file() and source.suffix.lower() == ".zip" and not zipfile.is_zipfile(source):
+        raise DataError(f"{source}: corrupt zip (no central directory: truncated or not a zip); copy it again")
     if source.is_file() and zipfile.is_zipfile(source):
         report.sources[source.name] = sha256_of(source)
         try:
@@ -253,10 +259,10 @@ def _members(source: Path, report: PreprocessReport, strict: bool) -> list[tuple
             if path.is_absolute() or ".." in path.parts or "\\" in info.filename:
                 _skip(report, info.filename, "unsafe path in zip (absolute or '..')", strict)
                 continue
-            found.append((info.filename, _zip_reader(archive, info, source)))
+            found.append((info.filename, _zip_reader(archive, info, source, max_bytes)))
         return sorted(found, key=lambda m: m[0])
     if source.is_dir():
-        return [(p.relative_to(source).as_posix(), _file_reader(p))
+        return [(p.relative_to(source).as_posix(), _file_reader(p, max_bytes))
                 for p in sorted(source.rglob("*")) if p.suffix.lower() == ".wav" and p.is_file()]
     if not source.exists():
         raise DataError(f"{source}: no such file or folder")
@@ -283,8 +289,12 @@ def _utterance_key(name: str, split: str) -> str:
     return key
 
 
-def _zip_reader(archive: zipfile.ZipFile, info: zipfile.ZipInfo, source: Path) -> Callable[[], bytes]:
+def _zip_reader(archive: zipfile.ZipFile, info: zipfile.ZipInfo, source: Path,
+                max_bytes: int | None = None) -> Callable[[], bytes]:
     def read() -> bytes:
+        if max_bytes is not None and info.file_size > max_bytes:  # zipfile never inflates past file_size
+            raise DataError(f"{info.filename}: {info.file_size} bytes uncompressed, more than max_steps allows "
+                            f"({max_bytes}); raise --max-steps to keep it")
         try:
             return archive.read(info)
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
@@ -292,9 +302,12 @@ def _zip_reader(archive: zipfile.ZipFile, info: zipfile.ZipInfo, source: Path) -
     return read
 
 
-def _file_reader(path: Path) -> Callable[[], bytes]:
+def _file_reader(path: Path, max_bytes: int | None = None) -> Callable[[], bytes]:
     def read() -> bytes:
         try:
+            if max_bytes is not None and path.stat().st_size > max_bytes:
+                raise DataError(f"{path}: {path.stat().st_size} bytes, more than max_steps allows "
+                                f"({max_bytes}); raise --max-steps to keep it")
             return path.read_bytes()
         except OSError as err:
             raise DataError(f"{path}: cannot read ({err.strerror or err})") from None

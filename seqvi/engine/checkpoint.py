@@ -61,8 +61,11 @@ def load(path: Path, map_location: Any = "cpu") -> dict:
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for corrupt or unsafe files
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a loadable seqvi checkpoint ({reason[:160]})") from None
+        if "GLOBAL" in str(err):  # the weights-only unpickler met a class or function: possibly code
+            raise CheckpointError(f"{path}: refused by the weights-only loader ({reason(err)}); a seqvi "
+                                  f"checkpoint holds only tensors and plain containers, so nothing in it "
+                                  f"was run") from None
+        raise CheckpointError(f"{path}: not a loadable seqvi checkpoint (truncated or corrupt: {reason(err)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a seqvi checkpoint (no '{FORMAT}' marker)")
     if payload.get("version") != VERSION:
@@ -70,6 +73,16 @@ def load(path: Path, map_location: Any = "cpu") -> dict:
             f"{path}: checkpoint version {payload.get('version')} is not supported (expected {VERSION})"
         )
     return payload
+
+
+def reason(err: BaseException) -> str:
+    """The informative line of an exception from torch (which wraps the cause in advice), shortened."""
+    boiler = ("Weights only load failed", "Please file an issue", "Check the documentation",
+              "Error(s) in loading state_dict")
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(boiler)] or lines or [type(err).__name__]
+    text = useful[0].removeprefix("WeightsUnpickler error:").strip() or type(err).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def resolve(path: str | Path) -> Path:

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
 from seqvi.data.batches import pad
 from seqvi.data.store import SplitData

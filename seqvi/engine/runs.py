@@ -26,13 +26,19 @@ RESUMABLE_KEYS = (("train", "epochs"),)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    if path.is_dir():
+        raise SeqviError(f"{path}: is a folder; give the path of a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def comparable(config: dict) -> dict:
@@ -62,8 +68,14 @@ def prepare(run_dir: Path, config: dict, force: bool = False) -> tuple[bool, lis
     if config_path.exists() and last.exists():
         try:
             old = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            raise SeqviError(f"{config_path}: corrupt run config ({err}); use --force to start afresh") from None
+            problem = None if isinstance(old, dict) else f"a {type(old).__name__}, not a mapping"
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            old, problem = {}, " ".join(str(err).split())[:160]
+        if problem:
+            if not force:
+                raise SeqviError(f"{config_path}: corrupt run config ({problem}); "
+                                 f"use another --run-dir or --force to replace the run")
+            old = {}
         diffs = config_diff(comparable(old), comparable(config))
         if not diffs:
             write_config(run_dir, config)
@@ -101,17 +113,20 @@ class Metrics:
         if not self.path.exists():
             return
         keep = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if record.get("step", 0) <= step:
+            if isinstance(record, dict) and isinstance(record.get("step", 0), int) and record.get("step", 0) <= step:
                 keep.append(line)
         write_text_atomic(self.path, "".join(line + "\n" for line in keep))
 
     def log(self, record: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-            handle.flush()
+        line = (json.dumps(record) + "\n").encode("utf-8")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)  # one write(2) of a short line: a kill leaves it whole or absent
+        finally:
+            os.close(fd)

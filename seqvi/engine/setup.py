@@ -15,9 +15,10 @@ import torch
 from seqvi.config import Recipe, check_kwargs
 from seqvi.data.manifest import store_path
 from seqvi.data.store import Store
-from seqvi.errors import RecipeError, SeqviError
+from seqvi.errors import DataError, RecipeError, SeqviError
 from seqvi.inference import INFERENCE
 from seqvi.models import DATA_ARGS, MODELS
+from seqvi.models.base import LIKELIHOODS
 
 DEFAULT_THREADS = 1  # measured: see README "Threads" and bench/run.py
 
@@ -54,6 +55,9 @@ class DataSpec:
 
     @classmethod
     def from_store(cls, store: Store, dataset: str) -> "DataSpec":
+        if store.likelihood not in LIKELIHOODS:
+            raise DataError(f"{store.path}: store attribute likelihood = {store.likelihood!r} is not one of "
+                            f"{', '.join(LIKELIHOODS)}; run `seqvi preprocess` again")
         x_dim = 1
         for s in store.frame_shape:
             x_dim *= s
@@ -87,8 +91,8 @@ def build_kwargs(recipe: Recipe, source: str = "<recipe>") -> tuple[type, dict, 
     return model_cls, model_kwargs, inf_cls, inf_kwargs
 
 
-def build(recipe: Recipe, spec: DataSpec, device: torch.device):
-    """(model, inference) on ``device``, initialized from ``recipe.seed``."""
+def build(recipe: Recipe, spec: DataSpec, device: torch.device, source: str = "<recipe>"):
+    """(model, inference) on ``device``, initialized from ``recipe.seed``; ``source`` names the recipe in errors."""
     model_cls, model_kwargs, inf_cls, inf_kwargs = build_kwargs(recipe)
     torch.manual_seed(recipe.seed)
     accepted = inspect.signature(model_cls.__init__).parameters
@@ -96,6 +100,7 @@ def build(recipe: Recipe, spec: DataSpec, device: torch.device):
     try:
         model = model_cls(**data_kwargs, **model_kwargs)
         inference = inf_cls(model, **inf_kwargs)
-    except (ValueError, TypeError) as err:
-        raise RecipeError(f"model/inference settings rejected: {err}") from None
+    except (ValueError, TypeError, RuntimeError, MemoryError) as err:  # e.g. a negative or absurd size
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise RecipeError(f"{source}: model/inference settings rejected ({first})") from None
     return model.to(device), inference.to(device)

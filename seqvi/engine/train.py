@@ -93,17 +93,17 @@ class _StopFlag:
 
 
 def train(recipe: Recipe, run_dir: str | Path, *, device: str = "auto", force: bool = False,
-          events: Events | None = None) -> TrainResult:
+          events: Events | None = None, source: str = "<recipe>") -> TrainResult:
     dist = distributed.setup(device)
     try:
         return _train(recipe, Path(run_dir), dist, distributed.device_for(dist, device), force,
-                      events if dist.main else None)
+                      events if dist.main else None, source)
     finally:
         distributed.teardown(dist)
 
 
 def _train(recipe: Recipe, run_dir: Path, dist: distributed.Dist, device: str, force: bool,
-           events: Events | None) -> TrainResult:
+           events: Events | None, source: str = "<recipe>") -> TrainResult:
     events = events or (lambda kind, info: None)
     dev = resolve_device(device)
     cfg = recipe.train
@@ -119,7 +119,7 @@ def _train(recipe: Recipe, run_dir: Path, dist: distributed.Dist, device: str, f
     resume, replaced = runs.prepare(run_dir, config, force) if dist.main else (False, [])
     distributed.barrier(dist)
     resume = (run_dir / "checkpoints" / "last.pt").exists() if not dist.main else resume
-    model, inference = build(recipe, spec, dev)
+    model, inference = build(recipe, spec, dev, source)
     theta, phi = list(model.parameters()), list(inference.parameters())
     params = theta + phi
     # Adam is per parameter, so two groups are two optimizers with their own rates.
@@ -137,15 +137,19 @@ def _train(recipe: Recipe, run_dir: Path, dist: distributed.Dist, device: str, f
         marker.unlink(missing_ok=True)
     if resume:
         state = checkpoint.load(ckpt_dir / "last.pt", map_location=dev)
-        if state.get("data", {}).get("x_dim") != spec.x_dim:
+        if not isinstance(state.get("data"), dict) or state["data"].get("x_dim") != spec.x_dim:
             raise CheckpointError(f"{ckpt_dir / 'last.pt'}: trained on data of another shape than {spec.store}")
-        model.load_state_dict(state["model"])
-        inference.load_state_dict(state["inference"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        checkpoint.set_rng_state(state["rng"])
-        epoch, start_batch, step = state["epoch"], state["batch"], state["step"]
-        result.best_valid = state["best"]
+        try:
+            model.load_state_dict(state["model"])
+            inference.load_state_dict(state["inference"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            checkpoint.set_rng_state(state["rng"])
+            epoch, start_batch, step = int(state["epoch"]), int(state["batch"]), int(state["step"])
+            result.best_valid = float(state["best"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise CheckpointError(f"{ckpt_dir / 'last.pt'}: cannot resume from it ({checkpoint.reason(err)}); "
+                                  f"delete {ckpt_dir} or use another --run-dir to start afresh") from None
         result.resumed_step = step
         if dist.main:
             metrics.truncate_after(step)
@@ -172,7 +176,8 @@ def _train(recipe: Recipe, run_dir: Path, dist: distributed.Dist, device: str, f
     inference.train()
     with _StopFlag() as stop:
         while epoch < cfg.epochs:
-            order = epoch_order(train_split, recipe.data.batch_size, recipe.seed, epoch, recipe.data.min_length)
+            order = epoch_order(train_split, recipe.data.batch_size, recipe.seed, epoch, recipe.data.min_length,
+                                recipe.data.bucket)
             for b in range(start_batch, len(order)):
                 beta = kl_weight(epoch, b, len(order), recipe.objective.kl_anneal_epochs, recipe.objective.kl_start)
                 x, mask = crop_batch(train_split, order[b], recipe.data.crop_length, recipe.seed, epoch, b,

@@ -11,6 +11,16 @@ SRNN's backward RNN) may read ahead, by precomputing into ``q_state``;
 ``mask`` (B, T) tells it where each sequence really ends.
 ``aux`` is an optional (B,) loss that trains only q's parameters
 (AVF: the free energy at every iteration before the last), or None.
+
+A filtering procedure may also precompute, in ``initial_state``, what it
+computes from x causally and independently of z (the combiner's forward RNN:
+h_t from x_{<=t}), for the whole sequence in one call, and consume it one
+step at a time: the same numbers, one large operation instead of T small ones.
+
+``reads_prior`` (class attribute, default True) says whether ``posterior``
+uses ``p_z``. A procedure that sets it False (direct encoders, the combiner)
+receives ``p_z=None`` from the fast filtering loop, which then evaluates the
+prior for all steps at once after the loop instead of inside it.
 """
 
 from __future__ import annotations
@@ -30,6 +40,8 @@ class Posterior(NamedTuple):
 class Inference(nn.Module):
     #: iterative procedures take another number of iterations for evaluation
     iterative = False
+    #: posterior() uses p_z; False lets the fast filtering loop defer the prior (see above)
+    reads_prior = True
     eval_iterations: Optional[int] = None
 
     def initial_state(self, batch_size: int, x: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Any:

@@ -7,8 +7,14 @@ combines an RNN summary of the observations with the previous latent::
     h_c   = 0.5 * (tanh(W z_{t-1} + b) + h_t)      "combiner"
     q(z_t | z_{t-1}, x_{<=t}) = N(W_loc h_c + b_loc, softplus(W_s h_c + b_s))
 
-This is a filtering procedure: ``q_state = (h_{t-1},)`` (B, R) is the RNN's
-state, and ``initial_state`` ignores the rest of the sequence. Krishnan's
+This is a filtering procedure: ``q_state[0] = h_{t-1}`` (B, R) is the RNN's
+state. The RNN reads x only, causally, so ``initial_state(batch, x)`` runs it
+over the whole sequence in one call (one large input product, the recurrence
+in C++) and keeps the outputs in ``q_state.ahead``, a tuple of T tensors
+(B, R) that each ``posterior`` consumes one at a time (a tuple, not slices of
+one (B, T, R) tensor, whose backward would cost O(T^2)); without x (unprimed
+sampling) or past its end, ``posterior`` steps the cell itself. Both give
+the same h_t. Krishnan's
 best-performing q (ST-LR, and Pyro's example) runs the RNN backward over the
 future instead; the forward version is the paper's ST-L variant, the one that
 fits variational filtering. z_{t-1} is read with ``model.previous_z(state)``
@@ -22,7 +28,7 @@ default), "tanh" or "gru" (steadier: Pyro's ReLU RNN is known to blow up).
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +38,11 @@ from seqvi.errors import RecipeError
 from seqvi.inference.base import Inference, Posterior
 from seqvi.models.base import MIN_SCALE
 
+class CombinerState(NamedTuple):
+    h: Tensor                  # (B, R) h_{t-1}
+    ahead: tuple[Tensor, ...]  # h_t, h_{t+1}, ... (B, R) each, precomputed from x (empty: step the cell)
+
+
 CELLS = {
     "relu": lambda d, r: nn.RNNCell(d, r, nonlinearity="relu"),
     "tanh": lambda d, r: nn.RNNCell(d, r, nonlinearity="tanh"),
@@ -40,6 +51,8 @@ CELLS = {
 
 
 class Combiner(Inference):
+    reads_prior = False
+
     def __init__(self, model: Any, rnn_size: int = 600, cell: str = "relu"):
         super().__init__()
         if not callable(getattr(model, "previous_z", None)):
@@ -47,6 +60,7 @@ class Combiner(Inference):
                               f"{type(model).__name__} has none: use 'direct' or 'avf'")
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {tuple(CELLS)}, got {cell!r}")
+        self.cell = cell
         self.rnn = CELLS[cell](model.x_dim, rnn_size)              # h_t = RNN(h_{t-1}, x_t)
         self.h_0 = nn.Parameter(torch.zeros(rnn_size))             # h_0
         self.z_to_hidden = nn.Linear(model.z_dim, rnn_size)        # combiner: tanh(W z_{t-1} + b)
@@ -54,12 +68,28 @@ class Combiner(Inference):
         self.scale = nn.Linear(rnn_size, model.z_dim)              # q(z_t | z_{t-1}, x_{<=t}): scale
 
     def initial_state(self, batch_size: int, x: Optional[Tensor] = None,
-                      mask: Optional[Tensor] = None) -> tuple[Tensor]:
-        return (self.h_0.expand(batch_size, -1),)                  # filtering: x is not read
+                      mask: Optional[Tensor] = None) -> CombinerState:
+        h_0 = self.h_0.expand(batch_size, -1)
+        if x is None:
+            return CombinerState(h_0, ())
+        return CombinerState(h_0, self._forward_rnn(x.flatten(2), h_0).unbind(1))   # causal: h_t reads x_{<=t}
 
-    def posterior(self, model: Any, x: Tensor, state: Any, p_z: Normal, q_state: Any = None) -> Posterior:
-        h_prev = self.initial_state(x.shape[0])[0] if q_state is None else q_state[0]
-        h = self.rnn(x.flatten(1), h_prev)                         # (B, R)
-        h_c = 0.5 * (torch.tanh(self.z_to_hidden(model.previous_z(state))) + h)
+    def _forward_rnn(self, x: Tensor, h_0: Tensor) -> Tensor:
+        """h_{1:T} for x (B, T, D) in one call with the cell's own weights -> (B, T, R)."""
+        run = {"relu": torch.rnn_relu, "tanh": torch.rnn_tanh, "gru": torch.gru}[self.cell]
+        weights = [self.rnn.weight_ih, self.rnn.weight_hh, self.rnn.bias_ih, self.rnn.bias_hh]
+        h, _ = run(x, h_0.unsqueeze(0).contiguous(), weights, True, 1, 0.0, self.training, False, True)
+        return h
+
+    def posterior(self, model: Any, x: Tensor, state: Any, p_z: Optional[Normal] = None,
+                  q_state: Any = None) -> Posterior:
+        if q_state is None:
+            q_state = self.initial_state(x.shape[0])
+        h_prev, ahead = q_state
+        if ahead:
+            h, ahead = ahead[0], ahead[1:]
+        else:
+            h = self.rnn(x.flatten(1), h_prev)                     # (B, R)
+        h_c = (torch.tanh(self.z_to_hidden(model.previous_z(state))) + h).mul_(0.5)   # combiner
         q_z = Normal(self.loc(h_c), nn.functional.softplus(self.scale(h_c)) + MIN_SCALE, validate_args=False)
-        return Posterior(q_z, (h,))
+        return Posterior(q_z, CombinerState(h, ahead))

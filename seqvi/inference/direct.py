@@ -20,6 +20,8 @@ from seqvi.models.base import GaussianHead, mlp
 
 
 class DirectFilter(Inference):
+    reads_prior = False
+
     def __init__(self, model: Any, hidden_sizes: Optional[list[int]] = None):
         super().__init__()
         sizes = list(hidden_sizes) if hidden_sizes is not None else [model.feature_size // 2 or 1]

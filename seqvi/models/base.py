@@ -12,6 +12,12 @@ log-densities over them. ``State`` is a tuple of batch-first tensors (a
 NamedTuple), so particle methods can index and repeat it generically.
 A model that fits this contract gets direct filtering (when ``features`` is
 meaningful), AVF, every bound, evaluation and sampling with no further code.
+
+``stack_steps`` (class attribute, default False) is a promise that ``prior``
+and ``emission`` are row-wise functions of (z, state): no batch statistics
+(BatchNorm), no caches. The fast filtering loop (``seqvi.objectives``) then
+evaluates them once for every step on states stacked along time, (B*T) rows,
+instead of once per step. Models that cannot promise it run the eager loop.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ MIN_SCALE = 1e-4
 class SequentialModel(nn.Module):
     """Base class; subclasses set ``x_dim``, ``z_dim``, ``feature_size``."""
 
+    #: prior / emission are row-wise in (z, state): the fast loop may batch them over time
+    stack_steps = False
     x_dim: int
     z_dim: int
     feature_size: int

@@ -12,7 +12,8 @@ discretized"), and it keeps a learned variance from collapsing on constant
 pixels. For a bin narrow against ``scale``, -log P ~ -log N(x; loc, scale) - log(2h).
 
 Computed in log space with ``log_ndtr``: a bin above the mean is measured in
-the upper tail, so neither far tail underflows to log(0).
+the upper tail, so neither far tail underflows to log(0): log P = log Phi(a)
++ log(1 - Phi(b) / Phi(a)) with (a, b) = (upper, lower) or (-lower, -upper).
 """
 
 from __future__ import annotations
@@ -44,14 +45,14 @@ class DiscretizedNormal(Distribution):
         inv = 1.0 / self.scale
         upper = (x - self.loc + half) * inv
         lower = (x - self.loc - half) * inv
-        # Interior bin: P = Phi(upper) - Phi(lower), or Phi(-lower) - Phi(-upper) above the mean.
-        above = lower > 0
-        a = torch.where(above, torch.special.log_ndtr(-lower), torch.special.log_ndtr(upper))
-        b = torch.where(above, torch.special.log_ndtr(-upper), torch.special.log_ndtr(lower))
-        interior = a + torch.log(-torch.expm1((b - a).clamp(max=-1e-12)))
-        first = torch.special.log_ndtr(upper)     # (-inf, h]
-        last = torch.special.log_ndtr(-lower)     # [1 - h, +inf)
-        return torch.where(x < half, first, torch.where(x > 1 - half, last, interior))
+        # P = Phi(upper) - Phi(lower), or Phi(-lower) - Phi(-upper) for a bin above the mean; the end
+        # bins keep only their first term. Two log_ndtr calls per value (they dominate the cost).
+        first, last = x < half, x > 1 - half
+        survival = last | ((lower > 0) & ~first)
+        a = torch.special.log_ndtr(torch.where(survival, -lower, upper))
+        b = torch.special.log_ndtr(torch.where(survival, -upper, lower))
+        tail = torch.log(-torch.expm1((b - a).clamp(max=-1e-12)))
+        return a + torch.where(first | last, torch.zeros_like(tail), tail)
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
         with torch.no_grad():

@@ -63,6 +63,8 @@ class GatedTransition(nn.Module):
 
 
 class DMM(SequentialModel):
+    stack_steps = True
+
     def __init__(self, x_dim: int, likelihood: str = "bernoulli", z_size: int = 100, emission_size: int = 100,
                  transition_size: int = 200):
         super().__init__()

@@ -59,6 +59,8 @@ class SRNNState(NamedTuple):
 
 
 class SRNN(SequentialModel):
+    stack_steps = True
+
     def __init__(self, x_dim: int, likelihood: str = "bernoulli", hidden_size: int = 300, z_size: int = 100,
                  dense_size: int = 500, layers: int = 1, decoder_layers: Optional[int] = None,
                  activation: str = "relu"):

@@ -32,6 +32,8 @@ class VRNNState(NamedTuple):
 
 
 class VRNN(SequentialModel):
+    stack_steps = True
+
     def __init__(self, x_dim: int, likelihood: str = "bernoulli", hidden_size: int = 256,
                  z_size: int = 32, feature_size: int = 128, layers: int = 1):
         super().__init__()
