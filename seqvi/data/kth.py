@@ -41,7 +41,8 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from seqvi.data.manifest import Manifest
-from seqvi.data.polyphonic import PreprocessReport
+from seqvi.data.download import sha256_of
+from seqvi.data.sources import PreprocessReport, skip
 from seqvi.data.store import SPLITS, StoreWriter
 from seqvi.data.video import decode_gray
 from seqvi.errors import DataError
@@ -110,7 +111,7 @@ def preprocess_kth(manifest: Manifest, source: Path, out_path: Path, *, strict: 
         seq_text, videos = _find(Path(source), report, strict, archives)
         ranges, refused = parse_sequences(seq_text)
         for item in refused:
-            _skip(report, *item, strict=strict)
+            skip(report, *item, strict)
         writer = StoreWriter(out_path, (1, *FRAME_SIZE), "uint8")
         keys = sorted(set(ranges) | set(videos))
         for done, key in enumerate(keys, 1):
@@ -141,24 +142,24 @@ def preprocess_kth(manifest: Manifest, source: Path, out_path: Path, *, strict: 
 def _one_video(key, ranges, videos, persons, max_steps, writer, report, strict) -> int:
     """Decode one video and add its sequences; returns the number of clipped ranges."""
     if key not in videos:
-        _skip(report, key, f"missing video (listed in {SEQUENCES_FILE})", strict=strict)
+        skip(report, key, f"missing video (listed in {SEQUENCES_FILE})", strict)
         return 0
     name, person, read = videos[key]
     if key not in ranges:
-        _skip(report, name, f"no frame ranges in {SEQUENCES_FILE}", strict=strict)
+        skip(report, name, f"no frame ranges in {SEQUENCES_FILE}", strict)
         return 0
     if person not in persons:
-        _skip(report, name, f"person {person} is in no split of the manifest", strict=strict)
+        skip(report, name, f"person {person} is in no split of the manifest", strict)
         return 0
     try:
         frames = decode_gray(read(), name, FRAME_SIZE, max_frames=max_steps)  # (T, 64, 64)
     except DataError as err:
-        _skip(report, name, str(err).removeprefix(f"{name}: "), strict=strict, error=err)
+        skip(report, name, str(err).removeprefix(f"{name}: "), strict, error=err)
         return 0
     clipped = 0
     for i, (first, last) in enumerate(ranges[key], 1):
         if first > len(frames):
-            _skip(report, f"{key}/{i}", f"frames {first}-{last} start after the video's {len(frames)} frames",
+            skip(report, f"{key}/{i}", f"frames {first}-{last} start after the video's {len(frames)} frames",
                   strict=strict)
             continue
         clipped += last > len(frames)
@@ -179,21 +180,21 @@ def _find(source: Path, report: PreprocessReport, strict: bool, archives: list) 
         if loose:
             digest = hashlib.sha256()
             for path in loose:
-                digest.update(path.relative_to(source).as_posix().encode() + b"\0" + _sha256(path).encode())
+                digest.update(path.relative_to(source).as_posix().encode() + b"\0" + sha256_of(path).encode())
             report.sources[source.name + "/*.avi"] = digest.hexdigest()
         entries = [(p.relative_to(source).as_posix(), _file_reader(p)) for p in loose]
         for path in zips:
             entries += _zip_entries(path, report, archives)
         text = None
         if seq_files:
-            report.sources[seq_files[0].name] = _sha256(seq_files[0])
+            report.sources[seq_files[0].name] = sha256_of(seq_files[0])
             text = _read_text(seq_files[0].read_bytes())
     elif source.is_file() and zipfile.is_zipfile(source):
         entries = _zip_entries(source, report, archives)
         text = _zip_sequences(archives[-1])
         beside = source.parent / SEQUENCES_FILE
         if text is None and beside.is_file():
-            report.sources[beside.name] = _sha256(beside)
+            report.sources[beside.name] = sha256_of(beside)
             text = _read_text(beside.read_bytes())
     else:
         raise DataError(f"{source}: not a folder or a zip of KTH videos (with {SEQUENCES_FILE})")
@@ -203,9 +204,9 @@ def _find(source: Path, report: PreprocessReport, strict: bool, archives: list) 
     for name, read in entries:
         match = _VIDEO.fullmatch(PurePosixPath(name.rsplit(":", 1)[-1]).name)
         if not match:
-            _skip(report, name, "name is not personXX_<action>_dY_uncomp.avi", strict=strict)
+            skip(report, name, "name is not personXX_<action>_dY_uncomp.avi", strict)
         elif match[1].lower() in videos:
-            _skip(report, name, f"duplicate of {videos[match[1].lower()][0]}", strict=strict)
+            skip(report, name, f"duplicate of {videos[match[1].lower()][0]}", strict)
         else:
             videos[match[1].lower()] = (name, int(match[2]), read)
     if not videos:
@@ -214,7 +215,7 @@ def _find(source: Path, report: PreprocessReport, strict: bool, archives: list) 
 
 
 def _zip_entries(path: Path, report: PreprocessReport, archives: list) -> list[tuple[str, Callable[[], bytes]]]:
-    report.sources[path.name] = _sha256(path)
+    report.sources[path.name] = sha256_of(path)
     try:
         archive = zipfile.ZipFile(path)
         archives.append(archive)
@@ -252,17 +253,3 @@ def _read_text(data: bytes) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         return data.decode("latin-1")
-
-
-def _skip(report: PreprocessReport, name: str, reason: str, *, strict: bool, error: DataError | None = None) -> None:
-    if strict:
-        raise error or DataError(f"{name}: {reason}")
-    report.skipped.append((name, reason))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

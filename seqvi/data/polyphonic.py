@@ -20,13 +20,14 @@ from __future__ import annotations
 import hashlib
 import time
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
 from seqvi.data.manifest import Manifest
-from seqvi.data.midi import NUM_KEYS, RollStats, midi_to_roll, notes_to_roll
+from seqvi.data.midi import NUM_KEYS, midi_to_roll, notes_to_roll
+from seqvi.data.download import sha256_of
 from seqvi.data.safe_pickle import load_note_pickle
+from seqvi.data.sources import PreprocessReport, member_reader, open_zip, skip, unsafe_member
 from seqvi.data.store import SPLITS, StoreWriter
 from seqvi.errors import DataError
 
@@ -34,22 +35,6 @@ ADAPTER_VERSION = "1"
 MIDI_SUFFIXES = (".mid", ".midi")
 MAX_MIDI_BYTES = 16 << 20  # bounds memory per file (a zip member may inflate a thousandfold); real MIDI is < 1 MiB
 Progress = Callable[[str, int, int | None], None]
-
-
-@dataclass
-class PreprocessReport:
-    dataset: str
-    path: Path | None = None
-    sequences: dict = field(default_factory=dict)   # split -> count
-    steps: dict = field(default_factory=dict)       # split -> total time steps
-    skipped: list = field(default_factory=list)     # (member, reason)
-    notes: RollStats = field(default_factory=RollStats)
-    sources: dict = field(default_factory=dict)     # file -> sha256
-    seconds: float = 0.0
-
-    @property
-    def files(self) -> int:
-        return sum(self.sequences.values()) + len(self.skipped)
 
 
 def preprocess_midi(manifest: Manifest, source: Path, out_path: Path, *, strict: bool = False,
@@ -83,22 +68,22 @@ def preprocess_midi(manifest: Manifest, source: Path, out_path: Path, *, strict:
 def _rolls(source: Path, steps_per_beat: int, max_steps: int, report: PreprocessReport,
            strict: bool, progress: Progress | None) -> Iterator[tuple[str, str, object]]:
     if source.is_file() and source.suffix.lower() in (".pickle", ".pkl"):
-        report.sources[source.name] = _sha256(source)
+        report.sources[source.name] = sha256_of(source)
         corpus = load_note_pickle(source)
         for split in SPLITS:
             for i, seq in enumerate(corpus[split]):
                 name = f"{split}/{i:04d}"
                 if len(seq) > max_steps:
-                    _skip(report, name, f"{len(seq)} steps, more than the cap of {max_steps}; "
+                    skip(report, name, f"{len(seq)} steps, more than the cap of {max_steps}; "
                           f"raise --max-steps to keep it", strict)
                     continue
                 try:
                     roll = notes_to_roll(seq, name=f"{source.name}:{name}")
                 except DataError as err:
-                    _skip(report, name, err, strict)
+                    skip(report, name, err, strict)
                     continue
                 if len(roll) == 0:
-                    _skip(report, name, "no notes", strict)
+                    skip(report, name, "no notes", strict)
                     continue
                 yield split, name, roll
         return
@@ -108,13 +93,13 @@ def _rolls(source: Path, steps_per_beat: int, max_steps: int, report: Preprocess
         try:
             roll, stats = midi_to_roll(read(), steps_per_beat, max_steps=max_steps, name=name)
         except DataError as err:
-            _skip(report, name, err, strict)
+            skip(report, name, err, strict)
             continue
         finally:
             if progress:
                 progress(source.name, done, total)
         if len(roll) == 0:
-            _skip(report, name, "no notes in the piano range", strict)
+            skip(report, name, "no notes in the piano range", strict)
             continue
         for key in ("notes", "out_of_range", "drums", "unterminated", "zero_length"):
             setattr(report.notes, key, getattr(report.notes, key) + getattr(stats, key))
@@ -123,30 +108,24 @@ def _rolls(source: Path, steps_per_beat: int, max_steps: int, report: Preprocess
 
 def _midi_members(source: Path, report: PreprocessReport, strict: bool):
     """Yield ``(split, name, read)`` for every MIDI file under a zip or folder, sorted."""
-    if source.is_file() and source.suffix.lower() == ".zip" and not zipfile.is_zipfile(source):
-        raise DataError(f"{source}: corrupt zip (no central directory: truncated or not a zip); download it again")
-    if source.is_file() and zipfile.is_zipfile(source):
-        report.sources[source.name] = _sha256(source)
-        try:
-            archive = zipfile.ZipFile(source)
-            infos = archive.infolist()
-        except (zipfile.BadZipFile, OSError) as err:
-            raise DataError(f"{source}: corrupt zip ({err})") from None
+    if source.is_file() and (source.suffix.lower() == ".zip" or zipfile.is_zipfile(source)):
+        archive, infos = open_zip(source, "download it again")
+        report.sources[source.name] = sha256_of(source)
         found = []
         for info in infos:
             path = PurePosixPath(info.filename)
             if info.is_dir() or path.suffix.lower() not in MIDI_SUFFIXES:
                 continue
-            if path.is_absolute() or ".." in path.parts or "\\" in info.filename:
-                _skip(report, info.filename, "unsafe path in zip (absolute or '..')", strict)
+            if unsafe_member(info):
+                skip(report, info.filename, "unsafe path in zip (absolute or '..')", strict)
                 continue
             if info.file_size > MAX_MIDI_BYTES:
-                _skip(report, info.filename, f"{info.file_size} bytes uncompressed, over the "
+                skip(report, info.filename, f"{info.file_size} bytes uncompressed, over the "
                       f"{MAX_MIDI_BYTES >> 20} MiB cap for a MIDI file", strict)
                 continue
             split = _split_of(path.parts)
             if split:
-                found.append((split, info.filename, _zip_reader(archive, info, source)))
+                found.append((split, info.filename, member_reader(archive, info, source)))
         return sorted(found, key=lambda m: m[1])
     if source.is_dir():
         found = []
@@ -156,7 +135,7 @@ def _midi_members(source: Path, report: PreprocessReport, strict: bool):
                 continue
             split = _split_of(path.relative_to(source).parts)
             if split and path.stat().st_size > MAX_MIDI_BYTES:
-                _skip(report, path.relative_to(source).as_posix(), f"{path.stat().st_size} bytes, over the "
+                skip(report, path.relative_to(source).as_posix(), f"{path.stat().st_size} bytes, over the "
                       f"{MAX_MIDI_BYTES >> 20} MiB cap for a MIDI file", strict)
             elif split:
                 rel = path.relative_to(source).as_posix()
@@ -169,31 +148,8 @@ def _midi_members(source: Path, report: PreprocessReport, strict: bool):
     raise DataError(f"{source}: not a zip, a folder of MIDI files or a .pickle")
 
 
-def _zip_reader(archive: zipfile.ZipFile, info: zipfile.ZipInfo, source: Path):
-    def read() -> bytes:
-        try:
-            return archive.read(info)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
-            raise DataError(f"{source}:{info.filename}: corrupt zip member ({err})") from None
-    return read
-
-
 def _split_of(parts: tuple[str, ...]) -> str | None:
     if len(parts) < 2:
         return None
     folder = parts[-2].lower()
     return folder if folder in SPLITS else None
-
-
-def _skip(report: PreprocessReport, name: str, reason, strict: bool) -> None:
-    if strict:
-        raise reason if isinstance(reason, DataError) else DataError(f"{name}: {reason}")
-    report.skipped.append((name, str(reason)))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -23,7 +23,6 @@ sequences train a small model in seconds on a CPU.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -34,7 +33,8 @@ from typing import Callable
 import numpy as np
 
 from seqvi.data.manifest import Manifest
-from seqvi.data.polyphonic import PreprocessReport
+from seqvi.data.download import sha256_of
+from seqvi.data.sources import PreprocessReport, skip
 from seqvi.data.store import SPLITS, StoreWriter
 from seqvi.errors import DataError
 from seqvi.systems import LGSSM_SYSTEM
@@ -79,7 +79,7 @@ def download_synthetic(manifest: Manifest, raw: Path, progress: Progress | None 
     with open(tmp, "wb") as handle:
         np.savez(handle, **arrays)
     os.replace(tmp, path)
-    return {FILE_NAME: _sha256(path)}
+    return {FILE_NAME: sha256_of(path)}
 
 
 def preprocess_synthetic(manifest: Manifest, source: Path, out_path: Path, *, strict: bool = False,
@@ -88,7 +88,7 @@ def preprocess_synthetic(manifest: Manifest, source: Path, out_path: Path, *, st
     started = time.perf_counter()
     report = PreprocessReport(manifest.name)
     path = _npz_of(source)
-    report.sources[path.name] = _sha256(path)
+    report.sources[path.name] = sha256_of(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
@@ -117,10 +117,10 @@ def preprocess_synthetic(manifest: Manifest, source: Path, out_path: Path, *, st
                 if progress:
                     progress(path.name, done, total)
                 if not np.all(np.isfinite(seq)):
-                    _skip(report, name, "non-finite values", strict)
+                    skip(report, name, "non-finite values", strict)
                     continue
                 if len(seq) > max_steps:
-                    _skip(report, name, f"{len(seq)} steps > --max-steps {max_steps}", strict)
+                    skip(report, name, f"{len(seq)} steps > --max-steps {max_steps}", strict)
                     continue
                 writer.add(split, name, seq)
                 report.sequences[split] = report.sequences.get(split, 0) + 1
@@ -161,17 +161,3 @@ def _npz_of(source: Path) -> Path:
     if source.suffix.lower() != ".npz":
         raise DataError(f"{source}: expected a .npz file or a folder holding one")
     return source
-
-
-def _skip(report: PreprocessReport, name: str, reason: str, strict: bool) -> None:
-    if strict:
-        raise DataError(f"{name}: {reason}")
-    report.skipped.append((name, reason))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

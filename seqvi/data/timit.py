@@ -63,7 +63,7 @@ import numpy as np
 
 from seqvi.data.download import sha256_of
 from seqvi.data.manifest import Manifest
-from seqvi.data.polyphonic import PreprocessReport
+from seqvi.data.sources import PreprocessReport, member_reader, open_zip, skip, unsafe_member
 from seqvi.data.sphere import read_audio
 from seqvi.data.store import SPLITS, StoreWriter
 from seqvi.errors import DataError
@@ -111,7 +111,7 @@ def preprocess_timit(manifest: Manifest, source: Path, out_path: Path, *, strict
                 samples = _load(utt.name, data, max_steps)
             except DataError as err:
                 if utt.name not in bad:
-                    _skip(report, utt.name, err, strict)
+                    skip(report, utt.name, err, strict)
                 continue
             frames = frame(samples, mean, std)
             writer.add(utt.split, utt.name, frames)
@@ -165,7 +165,7 @@ def _train_statistics(source: Path, utterances: list[Utterance], report: Preproc
             count += len(samples)
         except DataError as err:
             bad.add(utt.name)
-            _skip(report, utt.name, err, strict)
+            skip(report, utt.name, err, strict)
         if progress:
             progress(f"{source.name}: train statistics", done, len(train))
     if count == 0:
@@ -216,7 +216,7 @@ def _find_utterances(source: Path, report: PreprocessReport, strict: bool,
     for name, read in members:
         split = _timit_split(name) if timit else "plain"
         if split is None:
-            _skip(report, name, "not under a TRAIN/ or TEST/ folder", strict)
+            skip(report, name, "not under a TRAIN/ or TEST/ folder", strict)
             continue
         key = f"{split}:{_utterance_key(name, split)}"
         if key in chosen:
@@ -242,22 +242,16 @@ def _find_utterances(source: Path, report: PreprocessReport, strict: bool,
 
 def _members(source: Path, report: PreprocessReport, strict: bool,
              max_bytes: int | None = None) -> list[tuple[str, Callable[[], bytes]]]:
-    if source.is_file() and source.suffix.lower() == ".zip" and not zipfile.is_zipfile(source):
-        raise DataError(f"{source}: corrupt zip (no central directory: truncated or not a zip); copy it again")
-    if source.is_file() and zipfile.is_zipfile(source):
+    if source.is_file() and (source.suffix.lower() == ".zip" or zipfile.is_zipfile(source)):
+        archive, infos = open_zip(source)
         report.sources[source.name] = sha256_of(source)
-        try:
-            archive = zipfile.ZipFile(source)
-            infos = archive.infolist()
-        except (zipfile.BadZipFile, OSError) as err:
-            raise DataError(f"{source}: corrupt zip ({err})") from None
         found = []
         for info in infos:
             path = PurePosixPath(info.filename)
             if info.is_dir() or path.suffix.lower() != ".wav":
                 continue
-            if path.is_absolute() or ".." in path.parts or "\\" in info.filename:
-                _skip(report, info.filename, "unsafe path in zip (absolute or '..')", strict)
+            if unsafe_member(info):
+                skip(report, info.filename, "unsafe path in zip (absolute or '..')", strict)
                 continue
             found.append((info.filename, _zip_reader(archive, info, source, max_bytes)))
         return sorted(found, key=lambda m: m[0])
@@ -291,14 +285,13 @@ def _utterance_key(name: str, split: str) -> str:
 
 def _zip_reader(archive: zipfile.ZipFile, info: zipfile.ZipInfo, source: Path,
                 max_bytes: int | None = None) -> Callable[[], bytes]:
+    read_member = member_reader(archive, info, source)
+
     def read() -> bytes:
         if max_bytes is not None and info.file_size > max_bytes:  # zipfile never inflates past file_size
             raise DataError(f"{info.filename}: {info.file_size} bytes uncompressed, more than max_steps allows "
                             f"({max_bytes}); raise --max-steps to keep it")
-        try:
-            return archive.read(info)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
-            raise DataError(f"{source}:{info.filename}: corrupt zip member ({err})") from None
+        return read_member()
     return read
 
 
@@ -326,9 +319,3 @@ def _load(name: str, data: bytes, max_steps: int) -> np.ndarray:
         raise DataError(f"{name}: {steps} steps of {FRAME_SIZE} samples exceed max_steps {max_steps} "
                         f"(raise --max-steps)")
     return samples
-
-
-def _skip(report: PreprocessReport, name: str, reason, strict: bool) -> None:
-    if strict:
-        raise reason if isinstance(reason, DataError) else DataError(f"{name}: {reason}")
-    report.skipped.append((name, str(reason)))

@@ -5,12 +5,13 @@ the step contract is in ``seqvi.inference.base``.
 """
 
 from seqvi.inference.base import Inference, Posterior
-
-from seqvi.inference.direct import DirectFilter
 from seqvi.inference.combiner import Combiner
+from seqvi.inference.direct import DirectFilter
+from seqvi.inference.iterative import AVF
 from seqvi.inference.smoothing import Smoothing
 from seqvi.inference.svg_posterior import SVGPosterior
-from seqvi.inference.iterative import AVF
+
+__all__ = ["INFERENCE", "Inference", "Posterior"]
 
 INFERENCE = {
     "direct": DirectFilter,
