@@ -37,8 +37,9 @@ def _free_energy(model: Any, loc: Tensor, logvar: Tensor, p_z: Normal, x: Tensor
 
 
 def refine(model: Any, q_z: Normal, p_z: Normal, x: Tensor, state: Any, *, steps: int = 50,
-           lr: float = 0.05, samples: int = 8) -> tuple[Tensor, Tensor]:
-    """(F_t at the amortized q, F_t after refinement), each (B,), no gradients kept."""
+           lr: float = 0.05, samples: int = 8, return_q: bool = False):
+    """(F_t at the amortized q, F_t after refinement), each (B,), no gradients kept;
+    with ``return_q`` also the refined q."""
     state = type(state)(*[s.detach() for s in state]) if hasattr(state, "_fields") else state
     p_z = Normal(p_z.loc.detach(), p_z.scale.detach(), validate_args=False)
     loc = q_z.loc.detach().clone().requires_grad_(True)
@@ -54,4 +55,6 @@ def refine(model: Any, q_z: Normal, p_z: Normal, x: Tensor, state: Any, *, steps
                 logvar -= lr * g_logvar
                 logvar.clamp_(-15.0, 5.0)
         after = _free_energy(model, loc, logvar, p_z, x, state, eps).detach()
+    if return_q:
+        return before, after, Normal(loc.detach(), (0.5 * logvar.detach()).exp(), validate_args=False)
     return before, after
