@@ -21,13 +21,16 @@ demo: $(STAMP)
 	$(SEQVI) download bach-chorales
 	$(SEQVI) preprocess bach-chorales
 	$(SEQVI) train recipes/quickstart.yaml --run-dir runs/quickstart
-	$(SEQVI) eval --checkpoint runs/quickstart --split test
 	$(SEQVI) sample --checkpoint runs/quickstart --num 4 --length 64 --prime 8
+	$(SEQVI) eval --checkpoint runs/quickstart --split test
+	@echo "run: runs/quickstart   samples: runs/quickstart/samples (MIDI + samples.png)   plot: runs/quickstart/eval/test.png"
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# pretty_midi is a benchmark-only dependency (the reference piano roll of bench/run.py's MIDI section).
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt pretty_midi
 	$(PY) bench/run.py
 
 # Coverage-guided fuzzing (atheris) of the MIDI -> piano roll path and the SPHERE/WAV reader, each for

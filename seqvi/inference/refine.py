@@ -47,14 +47,23 @@ def refine(model: Any, q_z: Normal, p_z: Normal, x: Tensor, state: Any, *, steps
     eps = torch.randn(samples, *loc.shape, device=loc.device)
     with torch.enable_grad():
         before = _free_energy(model, loc, logvar, p_z, x, state, eps).detach()
+        start_loc, start_logvar = loc.detach().clone(), logvar.detach().clone()
         for _ in range(steps):
             f = _free_energy(model, loc, logvar, p_z, x, state, torch.randn_like(eps)).sum()
             g_loc, g_logvar = torch.autograd.grad(f, (loc, logvar))  # only lambda; theta untouched
             with torch.no_grad():
-                loc -= lr * g_loc
-                logvar -= lr * g_logvar
+                # per-example step no longer than 1 in parameter space: plain GD diverges on steep F_t
+                norm = torch.cat([g_loc, g_logvar], -1).norm(dim=-1, keepdim=True)
+                scale = (1.0 / (lr * norm)).clamp(max=1.0)
+                loc -= lr * scale * g_loc
+                logvar -= lr * scale * g_logvar
                 logvar.clamp_(-15.0, 5.0)
-        after = _free_energy(model, loc, logvar, p_z, x, state, eps).detach()
+        with torch.no_grad():
+            after = _free_energy(model, loc, logvar, p_z, x, state, eps)
+            worse = ~(after <= before)              # diverged (or NaN): that example keeps the amortized q
+            after = torch.where(worse, before, after)
+            loc = torch.where(worse.unsqueeze(-1), start_loc, loc)
+            logvar = torch.where(worse.unsqueeze(-1), start_logvar, logvar)
     if return_q:
         return before, after, Normal(loc.detach(), (0.5 * logvar.detach()).exp(), validate_args=False)
     return before, after
