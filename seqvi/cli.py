@@ -183,6 +183,20 @@ def eval_(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run directo
     if json_out:
         write_text_atomic(json_out, text)
     plot = plot_free_energy(result, run.run_dir / "eval" / f"{split}.png")
+    if run.inference.iterative:
+        from seqvi.engine.iterations import iteration_curve
+        from seqvi.report import iteration_table, plot_iterations
+
+        with run.open_store() as store:
+            curve = iteration_curve(run.model, run.inference, store.split(split),
+                                    iterations=iterations or max(run.inference.iterations, 5),
+                                    batch_size=run.recipe.data.eval_batch_size, device=run.device, seed=seed)
+        console.print(iteration_table(curve, split))
+        payload["iteration_curve"] = curve.tolist()
+        write_text_atomic(out, json.dumps(payload, indent=1))
+        if json_out:
+            write_text_atomic(json_out, json.dumps(payload, indent=1))
+        console.print(f"iterations plot: {plot_iterations(curve, run.run_dir / 'eval' / f'{split}_iterations.png')}")
     console.print(f"{split}: {result.nats_per_step:.4f} nats/step, {result.nats_per_sequence:.2f} nats/sequence "
                   f"({result.num_sequences} sequences, {result.steps} steps)")
     console.print(f"results: {out}\nplot: {plot}")

@@ -136,3 +136,30 @@ def test_fivo_resamples_when_weights_degenerate():
         r = particle_bound(model, q, x, mask, 16, True, ess_threshold=1.0)  # always below K
     assert r.resampled[mask > 0].all()
     assert torch.isfinite(r.log_p_hat).all()
+
+
+def test_iteration_curve_is_flat_when_the_update_is_the_identity(tiny_store):
+    """A highway update whose gates are shut keeps lambda at the prior: every iterate costs the same."""
+    import numpy as np
+
+    from seqvi.data.manifest import store_path
+    from seqvi.data.store import Store
+    from seqvi.engine.iterations import iteration_curve
+
+    with Store(store_path("tiny", tiny_store)) as store:
+        model = MODELS["vrnn"](x_dim=88, hidden_size=8, z_size=3, feature_size=8)
+        avf = AVF(model, iterations=1, hidden_size=16)
+        with torch.no_grad():
+            for gate in (avf.loc_gate, avf.logvar_gate):
+                gate.weight.zero_()
+                gate.bias.fill_(60.0)              # sigmoid = 1: keep the previous iterate
+        curve = iteration_curve(model, avf, store.split("test"), iterations=3, batch_size=4,
+                                device=torch.device("cpu"))
+        assert curve.shape == (4,) and np.all(np.isfinite(curve))
+        np.testing.assert_allclose(curve, curve[0], rtol=1e-6)
+        # an update that moves lambda changes the curve
+        with torch.no_grad():
+            avf.loc_gate.bias.fill_(-60.0)
+        moved = iteration_curve(model, avf, store.split("test"), iterations=3, batch_size=4,
+                                device=torch.device("cpu"))
+        assert not np.allclose(moved[1:] - moved[0], 0.0, atol=1e-3)
