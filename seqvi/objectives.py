@@ -74,10 +74,11 @@ def filter_sequence(model: Any, inference: Any, x: Tensor, mask: Tensor,
     state = model.initial_state(batch)
     q_state = inference.initial_state(batch, x, mask)
     reads_prior = getattr(inference, "reads_prior", True)
+    prior_graph = getattr(inference, "prior_graph", True)
     states, locs, scales, zs, aux = [], [], [], [], []
     for t in range(steps):
         x_t = x[:, t]
-        p_z = model.prior(state) if reads_prior else None
+        p_z = _in_loop_prior(model, state, prior_graph) if reads_prior else None
         q = inference.posterior(model, x_t, state, p_z, q_state)
         z = reparameterize(q.q_z)
         states.append(state)
@@ -134,6 +135,15 @@ def _filter_eager(model: Any, inference: Any, x: Tensor, mask: Tensor,
                          torch.stack(aux, 1) * mask if aux else None,
                          torch.stack(gap, 1) * mask if gap else None,
                          torch.stack(binned, 1) * mask if binned else None)
+
+
+def _in_loop_prior(model: Any, state: Any, graph: bool) -> Normal:
+    """The prior for q inside the fast loop; its graph only if q differentiates through it
+    (the KL's prior is recomputed after the loop)."""
+    if graph:
+        return model.prior(state)
+    with torch.no_grad():
+        return model.prior(state)
 
 
 def _stack_steps(seq: list) -> Any:
@@ -201,7 +211,7 @@ BOUNDS = {"elbo": (False, 1), "iwae": (False, None), "fivo": (True, None)}   # n
 
 
 def particle_bound(model: Any, inference: Any, x: Tensor, mask: Tensor, num_particles: int = 1,
-                   resample: bool = False, ess_threshold: float = 0.5) -> BoundTerms:
+                   resample: bool = False, ess_threshold: float = 0.5, fast: bool | None = None) -> BoundTerms:
     """ELBO (K=1), IWAE (K particles, no resampling) or FIVO (resample when ESS < K * threshold).
 
     Particles are stacked with the batch, index ``k * B + b``, so every model
@@ -215,6 +225,13 @@ def particle_bound(model: Any, inference: Any, x: Tensor, mask: Tensor, num_part
     every weight is set to logsumexp(log w) - log K, which leaves the running
     sum unchanged: the increments telescope to log p_hat = logsumexp(log w_T) - log K.
     The resampling step is not differentiated through (as in FIVO).
+
+    Without resampling (ELBO, IWAE) the weights never steer the particles, and
+    ``fast`` (default: when gradients are recorded and the model allows it,
+    see ``filter_sequence``) computes log alpha after the loop on stacked
+    states. Under ``no_grad`` the per-step loop is the faster one: with K*B
+    rows per step its products are already large, and stacking K*B*T rows
+    only adds memory traffic (measured: IWAE(16) 8% slower stacked).
     """
     batch, steps = mask.shape
     K = num_particles
@@ -222,7 +239,9 @@ def particle_bound(model: Any, inference: Any, x: Tensor, mask: Tensor, num_part
     state = model.initial_state(K * batch)
     # q's initial state is a deterministic function of each row's x: compute it once, repeat it K times
     q_state = reindex(inference.initial_state(batch, x, mask), torch.arange(K * batch, device=x.device) % batch)
-    if not (resample and K > 1) and getattr(model, "stack_steps", False):
+    if fast is None:
+        fast = torch.is_grad_enabled() and getattr(model, "stack_steps", False)
+    if fast and not (resample and K > 1):
         return _iwae_stacked(model, inference, xk, mask, K, state, q_state)
     log_w = x.new_zeros(K, batch)
     log_k = torch.log(torch.tensor(float(K), device=x.device))
@@ -265,10 +284,11 @@ def _iwae_stacked(model: Any, inference: Any, xk: Tensor, mask: Tensor, K: int, 
     log w_t = cumsum_t log alpha_t and increment_t = lse_k log w_t - lse_k log w_{t-1}."""
     batch, steps = mask.shape
     reads_prior = getattr(inference, "reads_prior", True)
+    prior_graph = getattr(inference, "prior_graph", True)
     states, locs, scales, zs = [], [], [], []
     for t in range(steps):
         x_t = xk[:, t]
-        p_z = model.prior(state) if reads_prior else None
+        p_z = _in_loop_prior(model, state, prior_graph) if reads_prior else None
         q = inference.posterior(model, x_t, state, p_z, q_state)
         z = reparameterize(q.q_z)
         states.append(state)

@@ -21,6 +21,10 @@ step at a time: the same numbers, one large operation instead of T small ones.
 uses ``p_z``. A procedure that sets it False (direct encoders, the combiner)
 receives ``p_z=None`` from the fast filtering loop, which then evaluates the
 prior for all steps at once after the loop instead of inside it.
+``prior_graph`` (default True) says whether anything of q's differentiates
+through ``p_z``; when False (AVF with one iteration, or in evaluation) the
+fast loop computes the in-loop prior without recording its graph (the KL
+that trains the model uses the prior recomputed after the loop).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ class Inference(nn.Module):
     iterative = False
     #: posterior() uses p_z; False lets the fast filtering loop defer the prior (see above)
     reads_prior = True
+    #: posterior() differentiates through p_z (see above)
+    prior_graph = True
     eval_iterations: Optional[int] = None
 
     def initial_state(self, batch_size: int, x: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Any:

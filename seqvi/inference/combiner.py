@@ -14,9 +14,10 @@ in C++) and keeps the outputs in ``q_state.ahead``, a tuple of T tensors
 (B, R) that each ``posterior`` consumes one at a time (a tuple, not slices of
 one (B, T, R) tensor, whose backward would cost O(T^2)); without x (unprimed
 sampling) or past its end, ``posterior`` steps the cell itself. Both give
-the same h_t. Krishnan's
-best-performing q (ST-LR, and Pyro's example) runs the RNN backward over the
-future instead; the forward version is the paper's ST-L variant, the one that
+the same h_t.
+
+Krishnan's best-performing q (ST-LR, and Pyro's example) runs the RNN
+backward over the future instead; the forward version is the paper's ST-L variant, the one that
 fits variational filtering. z_{t-1} is read with ``model.previous_z(state)``
 (DMM, SRNN and LGSSM provide it; at t = 1 it is the model's z_0, where Pyro's
 guide keeps a separate learned z_q_0). A model without ``previous_z`` is

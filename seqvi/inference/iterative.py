@@ -55,6 +55,30 @@ def layer_norm(v: Tensor, eps: float = 1e-5) -> Tensor:
     return nn.functional.layer_norm(v, v.shape[-1:], eps=eps)
 
 
+def free_energy_gradient(model: Any, x: Tensor, state: Any, p_z: Normal, loc: Tensor, logvar: Tensor,
+                         keep_graph: bool = False, at_prior: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(grad_loc F_t, grad_logvar F_t) at q = N(loc, exp(logvar / 2)), one reparameterized sample.
+
+    Autograd runs through the emission to z only; the sampling and the Gaussian KL are
+    differentiated by hand (module docstring). Both gradients are detached. With
+    ``keep_graph``, also F_t itself (B,), differentiable in (loc, logvar) (AVF's ``aux``).
+    ``at_prior``: q is the prior itself (AVF's first iterate), where the KL's gradient is zero.
+    """
+    scale = (0.5 * logvar).exp()
+    noise = scale * standard_normal(loc)                                   # sigma * eps
+    z = loc + noise if keep_graph else (loc + noise).detach().requires_grad_(True)
+    recon = -log_likelihood(model.emission(z, state), x)                   # (B,)
+    (grad_z,) = torch.autograd.grad(recon.sum(), z, retain_graph=keep_graph)
+    with torch.no_grad():
+        grad_loc, grad_logvar = grad_z, 0.5 * grad_z * noise
+        if not at_prior:
+            prior_var = p_z.scale.pow(2)
+            grad_loc = grad_loc + (loc - p_z.loc) / prior_var
+            grad_logvar = grad_logvar + 0.5 * (logvar.exp() / prior_var - 1)
+    f = recon + gaussian_kl(Normal(loc, scale, validate_args=False), p_z) if keep_graph else None
+    return grad_loc.detach(), grad_logvar.detach(), f
+
+
 class HighwayLayer(nn.Module):
     """h <- g * h + (1 - g) * ELU(W h),  g = sigmoid(V h)."""
 
@@ -94,6 +118,11 @@ class AVF(Inference):
         for gate in (self.loc_gate, self.logvar_gate):
             nn.init.constant_(gate.bias, 1.0 if update == "highway" else -2.0)
 
+    @property
+    def prior_graph(self) -> bool:
+        """Only the aux terms of iterations after the first differentiate through p_z."""
+        return self.training and self.steps() > 1
+
     def steps(self) -> int:
         if not self.training and self.eval_iterations is not None:
             return self.eval_iterations
@@ -102,24 +131,15 @@ class AVF(Inference):
     def posterior(self, model: Any, x: Tensor, state: Any, p_z: Normal, q_state: Any = None) -> Posterior:
         loc = p_z.loc.detach()
         logvar = (2 * p_z.scale.log()).detach()
-        prior_loc, prior_var = loc, p_z.scale.detach().pow(2)    # for the KL's gradient (an input only)
         aux = []
         K = self.steps()
         with torch.enable_grad():  # the gradient inputs are needed in evaluation too
             for k in range(K):
                 keep = k > 0 and self.training     # F_t(lambda^k) trains phi (aux): keep its graph
-                scale = (0.5 * logvar).exp()
-                noise = scale * standard_normal(loc)                           # sigma * eps
-                z = loc + noise if keep else (loc + noise).detach().requires_grad_(True)
-                recon = -log_likelihood(model.emission(z, state), x)           # (B,)
-                (grad_z,) = torch.autograd.grad(recon.sum(), z, retain_graph=keep)
-                grad_z = grad_z.detach()
-                with torch.no_grad():
-                    var_ratio = logvar.exp() / prior_var
-                    grad_loc = grad_z + (loc - prior_loc) / prior_var
-                    grad_logvar = 0.5 * (grad_z * noise + var_ratio - 1)
+                grad_loc, grad_logvar, f_k = free_energy_gradient(model, x, state, p_z, loc, logvar, keep,
+                                                                  at_prior=k == 0)
                 if keep:
-                    aux.append(recon + gaussian_kl(Normal(loc, scale, validate_args=False), p_z))
+                    aux.append(f_k)
                 loc, logvar = self._update(loc, logvar, grad_loc, grad_logvar)
         q_z = Normal(loc, (0.5 * logvar).exp(), validate_args=False)
         return Posterior(q_z, q_state, torch.stack(aux).sum(0) if aux else None)

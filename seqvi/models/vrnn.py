@@ -13,6 +13,9 @@ Direct filtering encoder (in ``seqvi.inference.direct``) sees
 
 Departures: an LSTM cell (as in the paper's experiments and the AVF code) and
 softplus scales with a floor of 1e-4 (the paper does not specify the floor).
+
+phi_x(x_t) is computed once per step: ``features`` and ``advance`` receive the
+same x_t tensor within a step, so the second call reuses the first's result.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class VRNN(SequentialModel):
         self.prior_net = nn.Sequential(mlp([H] + [F] * layers), GaussianHead(F, z_size))     # p(z_t | h_{t-1})
         self.dec_net = nn.Sequential(mlp([F + H] + [F] * layers), EmissionHead(F, x_dim, likelihood))  # p(x_t | z_t, h_{t-1})
         self.rnn = nn.LSTMCell(2 * F, H)                              # h_t = f(h_{t-1}, x_t, z_t)
+        self._phi_x_last: tuple | None = None                        # (x_t, grad mode, phi_x(x_t))
 
     def initial_state(self, batch_size: int) -> VRNNState:
         zeros = torch.zeros(batch_size, self.hidden_size, device=self.device)
@@ -59,8 +63,20 @@ class VRNN(SequentialModel):
         return self.dec_net(torch.cat([self.phi_z(z), state.h], -1))
 
     def advance(self, state: VRNNState, x: Tensor, z: Tensor) -> VRNNState:
-        h, c = self.rnn(torch.cat([self.phi_x(x), self.phi_z(z)], -1), (state.h, state.c))
+        h, c = self.rnn(torch.cat([self._embed(x), self.phi_z(z)], -1), (state.h, state.c))
         return VRNNState(h, c)
 
     def features(self, x: Tensor, state: VRNNState) -> Tensor:
-        return torch.cat([self.phi_x(x), state.h], -1)  # (B, F + H)
+        return torch.cat([self._embed(x), state.h], -1)  # (B, F + H)
+
+    def __getstate__(self) -> dict:   # copies and pickles leave the per-step cache behind
+        return {**self.__dict__, "_phi_x_last": None}
+
+    def _embed(self, x: Tensor) -> Tensor:
+        """phi_x(x), reused when called again with the same tensor (features, then advance)."""
+        last, grad = self._phi_x_last, torch.is_grad_enabled()
+        if last is not None and last[0] is x and last[1] == grad:
+            return last[2]
+        out = self.phi_x(x)
+        self._phi_x_last = (x, grad, out)
+        return out

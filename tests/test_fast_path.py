@@ -1,0 +1,219 @@
+"""The speed paths compute the same numbers as the straightforward ones.
+
+* the fast filtering loop (terms after the loop, on stacked states) against the eager loop,
+  for every stackable model and every inference that fits it, values and gradients;
+* IWAE with stacked log-weights against the per-step particle loop;
+* the combiner's precomputed forward RNN against stepping its cell;
+* AVF's hand-differentiated gradient input against autograd through F_t;
+* SRNN's cell step against its nn.LSTM;
+* bucketed batch orders: a pure function of (seed, epoch), every sequence once, less padding;
+* noise under a whole-batch shard equals plain draws (so single-process runs keep their numbers).
+"""
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Normal
+
+from seqvi.data.batches import epoch_order
+from seqvi.errors import RecipeError
+from seqvi.free_energy import noise_shard, reparameterize, step_free_energy
+from seqvi.inference import INFERENCE
+from seqvi.inference.iterative import free_energy_gradient
+from seqvi.models import MODELS
+from seqvi.objectives import _filter_eager, filter_sequence, particle_bound, training_loss
+
+B, T, D = 4, 9, 6
+SMALL = {
+    "vrnn": dict(hidden_size=8, z_size=3, feature_size=8),
+    "srnn": dict(hidden_size=8, z_size=3, dense_size=6, decoder_layers=2),
+    "dmm": dict(z_size=3, emission_size=6, transition_size=6),
+}
+INF = {"direct": dict(hidden_sizes=[6]), "avf": dict(hidden_size=16, iterations=2), "combiner": dict(rnn_size=6),
+       "smoothing": dict(hidden_size=5, dense_size=6)}
+
+
+def build(model_name, inf_name, seed=0):
+    torch.manual_seed(seed)
+    model = MODELS[model_name](x_dim=D, likelihood="bernoulli", **SMALL[model_name])
+    try:
+        return model, INFERENCE[inf_name](model, **INF[inf_name])
+    except RecipeError as err:
+        pytest.skip(str(err))
+
+
+def data(seed=3):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.bernoulli(torch.full((B, T, D), 0.3), generator=g)
+    mask = torch.ones(B, T)
+    mask[1, 6:] = 0
+    mask[2, 2:] = 0
+    return x, mask
+
+
+def run(model, inference, x, mask, fast, seed=5):
+    torch.manual_seed(seed)
+    terms = filter_sequence(model, inference, x, mask, fast=fast)
+    loss = training_loss(terms, kl_weight=0.7)
+    if terms.aux is not None:
+        loss = loss + terms.aux.sum()
+    params = [p for p in list(model.parameters()) + list(inference.parameters()) if p.requires_grad]
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return terms, [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+
+@pytest.mark.parametrize("model_name", sorted(SMALL))
+@pytest.mark.parametrize("inf_name", sorted(INF))
+def test_fast_loop_equals_eager_loop(model_name, inf_name):
+    model, inference = build(model_name, inf_name)
+    assert model.stack_steps
+    x, mask = data()
+    eager, g_eager = run(model, inference, x, mask, fast=False)
+    fast, g_fast = run(model, inference, x, mask, fast=True)
+    for name in ("recon", "kl", "aux"):
+        a, b = getattr(eager, name), getattr(fast, name)
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    assert torch.all(fast.recon[mask == 0] == 0) and torch.all(fast.kl[mask == 0] == 0)
+    for a, b in zip(g_eager, g_fast):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_fast_loop_under_no_grad_and_default_choice():
+    model, inference = build("vrnn", "direct")
+    x, mask = data()
+    with torch.no_grad():
+        torch.manual_seed(1)
+        default = filter_sequence(model, inference, x, mask)
+        torch.manual_seed(1)
+        eager = filter_sequence(model, inference, x, mask, fast=False)
+    torch.testing.assert_close(default.free_energy, eager.free_energy, rtol=1e-5, atol=1e-5)
+    # A model that does not promise row-wise prior/emission (here the LGSSM) runs the eager loop.
+    torch.manual_seed(0)
+    lgssm = MODELS["lgssm"](x_dim=D, z_size=2)
+    q = INFERENCE["direct"](lgssm, hidden_sizes=[6])
+    xs = torch.randn(B, T, D)
+    torch.manual_seed(2)
+    a = filter_sequence(lgssm, q, xs, mask)
+    torch.manual_seed(2)
+    b = _filter_eager(lgssm, q, xs, mask)
+    assert not lgssm.stack_steps and torch.equal(a.recon, b.recon) and torch.equal(a.kl, b.kl)
+
+
+@pytest.mark.parametrize("inf_name", ["direct", "combiner", "avf"])
+@pytest.mark.parametrize("k", [1, 5])
+def test_stacked_iwae_equals_particle_loop(inf_name, k):
+    """IWAE with log-weights computed after the loop = the per-step particle loop, values and gradients."""
+    model, inference = build("dmm" if inf_name == "combiner" else "vrnn", inf_name)
+    x, mask = data()
+    runs = []
+    for fast in (True, False):
+        torch.manual_seed(11)
+        bound = particle_bound(model, inference, x, mask, k, resample=False, fast=fast)
+        grads = torch.autograd.grad(bound.log_p_hat.sum(), list(model.parameters()), allow_unused=True)
+        runs.append((bound, grads))
+    (stacked, g_stacked), (loop, g_loop) = runs
+    torch.testing.assert_close(stacked.increments, loop.increments, rtol=1e-5, atol=1e-4)
+    assert torch.all(stacked.increments[mask == 0] == 0) and torch.all(stacked.resampled == 0)
+    for a, b in zip(g_stacked, g_loop):
+        if a is not None or b is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # with gradients recorded, the stacked path is the default
+    torch.manual_seed(11)
+    default = particle_bound(model, inference, x, mask, k)
+    torch.testing.assert_close(default.increments, stacked.increments)
+
+
+@pytest.mark.parametrize("cell", ["relu", "tanh", "gru"])
+def test_combiner_precomputed_rnn_equals_its_cell(cell):
+    torch.manual_seed(0)
+    model = MODELS["dmm"](x_dim=D, **SMALL["dmm"])
+    combiner = INFERENCE["combiner"](model, rnn_size=6, cell=cell)
+    x, _ = data()
+    ahead = combiner.initial_state(B, x).ahead
+    assert len(ahead) == T
+    h = combiner.h_0.expand(B, -1)
+    for t in range(T):
+        h = combiner.rnn(x[:, t], h)
+        torch.testing.assert_close(ahead[t], h, rtol=1e-5, atol=1e-6)
+    # Past its end, or without x, the posterior steps the cell itself.
+    state = model.initial_state(B)
+    post = combiner.posterior(model, x[:, 0], state, None, combiner.initial_state(B))
+    torch.testing.assert_close(post.q_state.h, combiner.rnn(x[:, 0], combiner.h_0.expand(B, -1)))
+
+
+@pytest.mark.parametrize("model_name", ["vrnn", "srnn"])
+def test_avf_gradient_input_equals_autograd(model_name):
+    """The hand-differentiated KL and reparameterization give autograd's grad_lambda F_t."""
+    model, _ = build(model_name, "direct")
+    x, _ = data()
+    state = model.initial_state(B)
+    p_z = model.prior(state)
+    torch.manual_seed(4)   # a point away from the prior, where the KL's gradient is not zero
+    loc = (p_z.loc + 0.3 * torch.randn_like(p_z.loc)).detach()
+    logvar = (2 * p_z.scale.log() + 0.5 * torch.randn_like(p_z.loc)).detach()
+    torch.manual_seed(9)
+    g_loc, g_logvar, _ = free_energy_gradient(model, x[:, 0], state, p_z, loc, logvar)
+    loc_, logvar_ = loc.clone().requires_grad_(True), logvar.clone().requires_grad_(True)
+    torch.manual_seed(9)
+    terms = step_free_energy(model, Normal(loc_, (0.5 * logvar_).exp()), p_z, x[:, 0], state)
+    a_loc, a_logvar = torch.autograd.grad((terms.recon + terms.kl).sum(), (loc_, logvar_))
+    torch.testing.assert_close(g_loc, a_loc, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(g_logvar, a_logvar, rtol=1e-4, atol=1e-5)
+
+
+def test_srnn_cell_step_equals_its_lstm():
+    torch.manual_seed(0)
+    model = MODELS["srnn"](x_dim=D, **SMALL["srnn"])
+    x, _ = data()
+    d, c = torch.randn(B, 8), torch.randn(B, 8)
+    _, (d_ref, c_ref) = model.rnn(x[:, :1], (d.unsqueeze(0), c.unsqueeze(0)))
+    d_new, c_new = model._step(x[:, 0], d, c)
+    torch.testing.assert_close(d_new, d_ref[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c_new, c_ref[0], rtol=1e-5, atol=1e-6)
+    # the whole-sequence path (used by smoothing) agrees with stepping
+    state, ds = model.initial_state(B), []
+    for t in range(T):
+        ds.append(state.d)
+        state = model.advance(state, x[:, t], state.z)
+    torch.testing.assert_close(model.deterministic_path(x), torch.stack(ds, 1), rtol=1e-5, atol=1e-5)
+
+
+class _Split:
+    def __init__(self, lengths):
+        self.lengths = np.asarray(lengths)
+
+
+def test_bucketed_order_is_pure_covers_everything_and_pads_less():
+    rng = np.random.default_rng(0)
+    split = _Split(rng.integers(10, 300, size=203))
+    plain = epoch_order(split, 20, seed=3, epoch=0)
+    # bucket=False is the order it always was: a permutation cut into batches
+    perm = np.random.default_rng([3, 0, 0]).permutation(203)
+    assert [b.tolist() for b in plain] == [perm[i:i + 20].tolist() for i in range(0, 203, 20)]
+    a = epoch_order(split, 20, seed=3, epoch=0, bucket=True)
+    b = epoch_order(split, 20, seed=3, epoch=0, bucket=True)
+    assert [x.tolist() for x in a] == [x.tolist() for x in b]                      # pure function
+    assert sorted(np.concatenate(a).tolist()) == list(range(203))                   # each once
+    other = epoch_order(split, 20, seed=3, epoch=1, bucket=True)
+    assert [x.tolist() for x in a] != [x.tolist() for x in other]                   # changes with epoch
+    loop_steps = lambda order: sum(int(split.lengths[i].max()) for i in order)      # noqa: E731
+    assert loop_steps(a) < 0.7 * loop_steps(plain)
+    assert epoch_order(split, 20, 3, 0, min_length=100, bucket=True)[0].size > 0
+    assert all(split.lengths[i].min() >= 100 for i in epoch_order(split, 20, 3, 0, min_length=100, bucket=True))
+
+
+def test_whole_batch_noise_shard_draws_like_plain_randn():
+    q = Normal(torch.zeros(6, 3), torch.ones(6, 3))
+    torch.manual_seed(0)
+    plain = reparameterize(q)
+    torch.manual_seed(0)
+    with noise_shard(torch.arange(6), 6):
+        sharded = reparameterize(q)
+    assert torch.equal(plain, sharded)
+    # a real shard still takes its rows of the global draw
+    torch.manual_seed(0)
+    with noise_shard(torch.tensor([1, 3, 5]), 6):
+        half = reparameterize(Normal(torch.zeros(3, 3), torch.ones(3, 3)))
+    assert torch.equal(half, plain[[1, 3, 5]])
