@@ -73,21 +73,7 @@ def filter_sequence(model: Any, inference: Any, x: Tensor, mask: Tensor,
     batch, steps = mask.shape
     state = model.initial_state(batch)
     q_state = inference.initial_state(batch, x, mask)
-    reads_prior = getattr(inference, "reads_prior", True)
-    prior_graph = getattr(inference, "prior_graph", True)
-    states, locs, scales, zs, aux = [], [], [], [], []
-    for t in range(steps):
-        x_t = x[:, t]
-        p_z = _in_loop_prior(model, state, prior_graph) if reads_prior else None
-        q = inference.posterior(model, x_t, state, p_z, q_state)
-        z = reparameterize(q.q_z)
-        states.append(state)
-        locs.append(q.q_z.loc)
-        scales.append(q.q_z.scale)
-        zs.append(z)
-        if q.aux is not None:
-            aux.append(q.aux)
-        state, q_state = model.advance(state, x_t, z), q.q_state
+    states, locs, scales, zs, aux = _sample_path(model, inference, x, state, q_state)
     # Everything below sees the real steps only, as rows b * T + t.
     keep = _real_rows(mask)
     rows = lambda seq: _take(_stack_steps(seq), keep)  # noqa: E731
@@ -276,18 +262,17 @@ def particle_bound(model: Any, inference: Any, x: Tensor, mask: Tensor, num_part
     return BoundTerms(torch.stack(increments, 1), torch.stack(resampled, 1), mask)
 
 
-def _iwae_stacked(model: Any, inference: Any, xk: Tensor, mask: Tensor, K: int, state: Any,
-                  q_state: Any) -> BoundTerms:
-    """IWAE (and ELBO, K = 1) when nothing is resampled: the weights never steer the particles,
-    so the loop keeps only q, the sample and ``advance``; log alpha is computed after it for all
-    real steps at once on stacked states (as in ``filter_sequence``), then
-    log w_t = cumsum_t log alpha_t and increment_t = lse_k log w_t - lse_k log w_{t-1}."""
-    batch, steps = mask.shape
+def _sample_path(model: Any, inference: Any, x: Tensor, state: Any, q_state: Any):
+    """The part of filtering that must run step by step: q, the sample, ``advance``.
+
+    Returns per-step lists (states h_{t-1}, q locs, q scales, z samples, aux losses);
+    everything else is evaluated after the loop on stacked steps.
+    """
     reads_prior = getattr(inference, "reads_prior", True)
     prior_graph = getattr(inference, "prior_graph", True)
-    states, locs, scales, zs = [], [], [], []
-    for t in range(steps):
-        x_t = xk[:, t]
+    states, locs, scales, zs, aux = [], [], [], [], []
+    for t in range(x.shape[1]):
+        x_t = x[:, t]
         p_z = _in_loop_prior(model, state, prior_graph) if reads_prior else None
         q = inference.posterior(model, x_t, state, p_z, q_state)
         z = reparameterize(q.q_z)
@@ -295,7 +280,20 @@ def _iwae_stacked(model: Any, inference: Any, xk: Tensor, mask: Tensor, K: int, 
         locs.append(q.q_z.loc)
         scales.append(q.q_z.scale)
         zs.append(z)
+        if q.aux is not None:
+            aux.append(q.aux)
         state, q_state = model.advance(state, x_t, z), q.q_state
+    return states, locs, scales, zs, aux
+
+
+def _iwae_stacked(model: Any, inference: Any, xk: Tensor, mask: Tensor, K: int, state: Any,
+                  q_state: Any) -> BoundTerms:
+    """IWAE (and ELBO, K = 1) when nothing is resampled: the weights never steer the particles,
+    so the loop keeps only q, the sample and ``advance``; log alpha is computed after it for all
+    real steps at once on stacked states (as in ``filter_sequence``), then
+    log w_t = cumsum_t log alpha_t and increment_t = lse_k log w_t - lse_k log w_{t-1}."""
+    batch, steps = mask.shape
+    states, locs, scales, zs, _ = _sample_path(model, inference, xk, state, q_state)
     maskk = mask.repeat(K, 1)                                                   # (K*B, T)
     keep = _real_rows(maskk)
     rows = lambda seq: _take(_stack_steps(seq), keep)  # noqa: E731

@@ -42,7 +42,7 @@ from typing import Callable
 
 from seqvi.data.manifest import Manifest
 from seqvi.data.download import sha256_of
-from seqvi.data.sources import PreprocessReport, skip
+from seqvi.data.sources import PreprocessReport, member_reader, skip
 from seqvi.data.store import SPLITS, StoreWriter
 from seqvi.data.video import decode_gray
 from seqvi.errors import DataError
@@ -222,7 +222,7 @@ def _zip_entries(path: Path, report: PreprocessReport, archives: list) -> list[t
         infos = [i for i in archive.infolist() if not i.is_dir() and i.filename.lower().endswith(".avi")]
     except (zipfile.BadZipFile, OSError) as err:
         raise DataError(f"{path}: corrupt zip ({err})") from None
-    return [(f"{path.name}:{info.filename}", _member_reader(archive, info, path)) for info in sorted(infos, key=lambda i: i.filename)]
+    return [(f"{path.name}:{info.filename}", member_reader(archive, info, path)) for info in sorted(infos, key=lambda i: i.filename)]
 
 
 def _zip_sequences(archive: zipfile.ZipFile) -> str | None:
@@ -233,15 +233,6 @@ def _zip_sequences(archive: zipfile.ZipFile) -> str | None:
             except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
                 raise DataError(f"{archive.filename}:{info.filename}: corrupt zip member ({err})") from None
     return None
-
-
-def _member_reader(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> Callable[[], bytes]:
-    def read() -> bytes:
-        try:
-            return archive.read(info)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
-            raise DataError(f"{path.name}:{info.filename}: corrupt zip member ({err})") from None
-    return read
 
 
 def _file_reader(path: Path) -> Callable[[], Path]:
