@@ -11,7 +11,7 @@ model's prior p(z_t | h_{t-1}) = N(mu_p, sigma_p) over (B, Z)::
         u        = [LN(g_mu), LN(g_logvar), LN(mu), LN(logvar)]          (B, 4Z)
         h        = highway ELU network(u)                   (B, H)
         highway: mu <- s * mu + (1 - s) * W_mu h,   s = sigmoid(V_mu h)
-                 logvar likewise, clamped to [-15, 5]
+                 logvar likewise; mu clamped to [-50, 50], logvar to [-15, 5]
         sgd:     mu <- mu - sigmoid(V_mu h) * g_mu + W_mu h
     q(z_t | .) = N(mu^K, exp(logvar^K / 2))
 
@@ -47,6 +47,7 @@ from seqvi.free_energy import gaussian_kl, log_likelihood, standard_normal
 from seqvi.inference.base import Inference, Posterior
 
 LOGVAR_MIN, LOGVAR_MAX = -15.0, 5.0
+LOC_LIMIT = 50.0      # |mu| bound of the AVF code's gradient inference
 UPDATES = ("highway", "sgd")
 
 
@@ -154,4 +155,4 @@ class AVF(Inference):
         else:
             loc = loc - torch.sigmoid(self.loc_gate(h)) * g_loc + self.loc_out(h)
             logvar = logvar - torch.sigmoid(self.logvar_gate(h)) * g_logvar + self.logvar_out(h)
-        return loc, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+        return loc.clamp(-LOC_LIMIT, LOC_LIMIT), logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
