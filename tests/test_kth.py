@@ -16,6 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from seqvi.cli import app
+from seqvi.data import kth
 from seqvi.data.kth import parse_sequences, preprocess_kth
 from seqvi.data.manifest import load_manifest
 from seqvi.data.store import Store
@@ -275,3 +276,24 @@ def test_cli_download_preprocess_train_eval_predict_sample(tmp_path, manifests, 
         frames = [f.to_ndarray(format="gray") for f in container.decode(video=0)]
     # primed: ground truth | divider | sample, side by side (frames upscaled 2x for viewing)
     assert len(frames) == 6 and frames[0].shape[0] == 128 and frames[0].shape[1] > 2 * 128
+
+
+def test_corrupt_zip_source_and_oversized_members(tmp_path, monkeypatch):
+    bad = tmp_path / "kth.zip"
+    bad.write_bytes(b"PK\x03\x04" + bytes(200))                             # a zip's magic, no directory
+    with pytest.raises(DataError, match=r"kth\.zip: corrupt zip"):
+        preprocess_kth(load_manifest("kth"), bad, tmp_path / "a.h5")
+    assert not (tmp_path / "a.h5").exists()
+    src = make_kth(tmp_path / "kth")
+    zipped = tmp_path / "zips"
+    zipped.mkdir()
+    with zipfile.ZipFile(zipped / "boxing.zip", "w") as archive:
+        for path in sorted((src / "boxing").glob("*.avi")):
+            archive.write(path, path.name)
+    (zipped / "00sequences.txt").write_text(SEQUENCES)
+    sizes = [i.file_size for i in zipfile.ZipFile(zipped / "boxing.zip").infolist()]
+    monkeypatch.setattr(kth, "MAX_AVI_BYTES", min(sizes) - 1)             # every member is "oversized"
+    with pytest.raises(DataError, match=r"boxing\.zip:person\d+_boxing_d\d_uncomp\.avi: \d+ bytes uncompressed, over"):
+        preprocess_kth(load_manifest("kth"), zipped, tmp_path / "b.h5", strict=True)
+    with pytest.raises(DataError, match="no personXX_<action>_dY_uncomp.avi videos"):
+        preprocess_kth(load_manifest("kth"), zipped, tmp_path / "b.h5")     # all skipped: nothing left

@@ -10,6 +10,7 @@ from torch.distributions import Normal
 
 from seqvi.data.store import Store, StoreWriter
 from seqvi.engine.predict import predict
+from seqvi.errors import SeqviError
 from seqvi.free_energy import log_likelihood
 from seqvi.inference import INFERENCE
 from seqvi.models import MODELS
@@ -131,6 +132,8 @@ def test_best_of_n_prediction_scores(tmp_path):
         split = store.split("test")
         one = predict(model, q, split, "test", context=3, horizons=(2, 5), samples=1, seed=1)
         many = predict(model, q, split, "test", context=3, horizons=(2, 5), samples=4, seed=1, batch_size=4)
+        with pytest.raises(SeqviError, match=r"v\.h5: split 'test': no sequence has .* = 20 frames \(longest: 12\)"):
+            predict(model, q, split, "test", context=10, horizons=(10,), samples=1)
     assert one.num_sequences == many.num_sequences == 2                   # the 5-frame sequence is too short
     assert one.best_ssim[5].shape == (5,) and one.best_psnr[2].shape == (2,)
     np.testing.assert_allclose(one.best_ssim[5], one.mean_ssim)           # best of one is that one

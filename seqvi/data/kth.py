@@ -63,6 +63,9 @@ _LINE = re.compile(r"^\s*(person\d+_[a-z]+_d\d+)\s+frames\b(.*)$", re.IGNORECASE
 _RANGE = re.compile(r"(\d+)-(\d+)")
 
 
+MAX_AVI_BYTES = 256 * 2**20     # a KTH AVI is 0.2-5 MB; 1,500 raw 160x120 RGB frames are 86 MB
+
+
 def parse_sequences(text: str, name: str = SEQUENCES_FILE) -> tuple[dict[str, list[tuple[int, int]]], list]:
     """``{video key: [(first, last), ...]}`` (1-based, inclusive) and ``[(line, reason)]`` refused."""
     ranges: dict[str, list[tuple[int, int]]] = {}
@@ -184,18 +187,20 @@ def _find(source: Path, report: PreprocessReport, strict: bool, archives: list) 
             report.sources[source.name + "/*.avi"] = digest.hexdigest()
         entries = [(p.relative_to(source).as_posix(), _file_reader(p)) for p in loose]
         for path in zips:
-            entries += _zip_entries(path, report, archives)
+            entries += _zip_entries(path, report, archives, strict)
         text = None
         if seq_files:
             report.sources[seq_files[0].name] = sha256_of(seq_files[0])
             text = _read_text(seq_files[0].read_bytes())
     elif source.is_file() and zipfile.is_zipfile(source):
-        entries = _zip_entries(source, report, archives)
+        entries = _zip_entries(source, report, archives, strict)
         text = _zip_sequences(archives[-1])
         beside = source.parent / SEQUENCES_FILE
         if text is None and beside.is_file():
             report.sources[beside.name] = sha256_of(beside)
             text = _read_text(beside.read_bytes())
+    elif source.is_file() and source.suffix.lower() == ".zip":
+        raise DataError(f"{source}: corrupt zip (no readable zip directory)")
     else:
         raise DataError(f"{source}: not a folder or a zip of KTH videos (with {SEQUENCES_FILE})")
     if text is None:
@@ -214,7 +219,10 @@ def _find(source: Path, report: PreprocessReport, strict: bool, archives: list) 
     return text, videos
 
 
-def _zip_entries(path: Path, report: PreprocessReport, archives: list) -> list[tuple[str, Callable[[], bytes]]]:
+def _zip_entries(path: Path, report: PreprocessReport, archives: list,
+                 strict: bool = False) -> list[tuple[str, Callable[[], bytes]]]:
+    """The AVI members of one zip, as deferred reads; members over MAX_AVI_BYTES are skipped
+    (a KTH video is a few MB; an oversized member is a zip bomb or not KTH)."""
     report.sources[path.name] = sha256_of(path)
     try:
         archive = zipfile.ZipFile(path)
@@ -222,7 +230,14 @@ def _zip_entries(path: Path, report: PreprocessReport, archives: list) -> list[t
         infos = [i for i in archive.infolist() if not i.is_dir() and i.filename.lower().endswith(".avi")]
     except (zipfile.BadZipFile, OSError) as err:
         raise DataError(f"{path}: corrupt zip ({err})") from None
-    return [(f"{path.name}:{info.filename}", member_reader(archive, info, path)) for info in sorted(infos, key=lambda i: i.filename)]
+    entries = []
+    for info in sorted(infos, key=lambda i: i.filename):
+        name = f"{path.name}:{info.filename}"
+        if info.file_size > MAX_AVI_BYTES:    # zipfile never inflates past file_size
+            skip(report, name, f"{info.file_size} bytes uncompressed, over the {MAX_AVI_BYTES} limit", strict)
+        else:
+            entries.append((name, member_reader(archive, info, path)))
+    return entries
 
 
 def _zip_sequences(archive: zipfile.ZipFile) -> str | None:

@@ -73,7 +73,7 @@ def predict(model: Any, inference: Any, split: SplitData, name: str, *, context:
     total = context + horizons[-1]
     picks = eligible_sequences(split, total, max_sequences)
     if not picks:
-        raise SeqviError(f"split '{name}': no sequence has context + horizon = {total} frames "
+        raise SeqviError(f"{split.path}: split '{name}': no sequence has context + horizon = {total} frames "
                          f"(longest: {int(split.lengths.max()) if len(split) else 0})")
     result = PredictResult(name, context, horizons, samples)
     sums = {key: np.zeros(h) for h in horizons for key in (("psnr", h), ("ssim", h))}
