@@ -130,11 +130,7 @@ def plot_iterations(curve: np.ndarray, path: Path) -> Path:
     ax.set_xlabel("inference iteration (0 = prior)")
     ax.set_ylabel("free energy (nats/step)")
     ax.set_title("AVF: free energy by iteration")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def preprocess_table(report: Any) -> Table:
@@ -155,6 +151,15 @@ def skipped_lines(skipped: list, limit: int = 10) -> list[str]:
 
 
 # --------------------------------------------------------------------------- plots
+
+
+def _save(plt, fig, path: Path) -> Path:
+    """Lay out, write and close a figure; returns its path."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def _pyplot():
@@ -183,11 +188,7 @@ def plot_free_energy(result: Any, path: Path) -> Path:
     twin = ax.twinx()
     twin.fill_between(t, result.active, color="grey", alpha=0.12, step="mid")
     twin.set_ylabel("active sequences")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_samples(adapter: str, x: np.ndarray, path: Path, primed: int = 0) -> Path:
@@ -207,11 +208,7 @@ def plot_piano_rolls(rolls: np.ndarray, path: Path, primed: int = 0, low_pitch: 
             ax.axvspan(0, primed, color="tab:blue", alpha=0.12)
         ax.set_ylabel(f"#{i + 1} pitch")
     axes[-1, 0].set_xlabel("time step" + (f" (first {primed} primed from data)" if primed else ""))
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_waveforms(x: np.ndarray, path: Path, primed: int = 0) -> Path:
@@ -229,11 +226,7 @@ def plot_waveforms(x: np.ndarray, path: Path, primed: int = 0) -> Path:
         ax.set_ylabel(f"#{i + 1}")
     axes[-1, 0].set_xlabel(f"time step ({x.shape[2]} samples each; amplitude in normalized units)"
                            + (f"; first {primed} primed from data" if primed else ""))
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_series(x: np.ndarray, path: Path, primed: int = 0) -> Path:
@@ -247,11 +240,7 @@ def plot_series(x: np.ndarray, path: Path, primed: int = 0) -> Path:
             ax.axvspan(0, primed - 1, color="tab:blue", alpha=0.12)
         ax.set_ylabel(f"#{i + 1}")
     axes[-1, 0].set_xlabel("time step" + (f" (first {primed} primed from data)" if primed else ""))
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 SAMPLE_PLOTS = {"midi": plot_piano_rolls, "timit": plot_waveforms, "synthetic": plot_series}
@@ -281,11 +270,7 @@ def plot_frames(x: np.ndarray, path: Path, primed: int = 0, max_columns: int = 1
             ax.plot([j * (w + gap), j * (w + gap) + w - 1], [mosaic.shape[0] + 1] * 2, color="tab:blue", lw=3,
                     clip_on=False)
     ax.set_xlabel("frame t" + (f" (first {primed} real, underlined)" if primed else ""))
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 SAMPLE_PLOTS["kth"] = plot_frames
@@ -327,8 +312,4 @@ def plot_predict(result: Any, path: Path) -> Path:
         ax.set_ylabel(label)
         ax.legend(fontsize=8)
     fig.suptitle(f"video prediction — {result.split} ({result.num_sequences} sequences)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
