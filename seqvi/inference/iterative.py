@@ -30,6 +30,11 @@ with z = mu + sigma * eps and the Gaussian KL in closed form::
 
 so autograd runs backward through the emission to z only (not to its
 weights, nor to h): the same numbers as differentiating F_t, at half the cost.
+Where F_t's graph is not kept (every iterate in evaluation, the first in
+training) and the model computes the emission's input gradient by hand
+(``emission_recon_grad``: MLP emissions, ``seqvi.models.vjp``), autograd is
+not used at all: at filtering batch sizes the engine's bookkeeping per step
+cost about as much as the products.
 
 Departures: sizes are configurable (paper: 2 x 1,024 ELU units); the first
 layer is a plain ELU layer, the following ones highway layers.
@@ -67,9 +72,13 @@ def free_energy_gradient(model: Any, x: Tensor, state: Any, p_z: Normal, loc: Te
     """
     scale = (0.5 * logvar).exp()
     noise = scale * standard_normal(loc)                                   # sigma * eps
-    z = loc + noise if keep_graph else (loc + noise).detach().requires_grad_(True)
-    recon = -log_likelihood(model.emission(z, state), x)                   # (B,)
-    (grad_z,) = torch.autograd.grad(recon.sum(), z, retain_graph=keep_graph)
+    by_hand = None if keep_graph else model.emission_recon_grad((loc + noise).detach(), state, x)
+    if by_hand is not None:
+        recon, grad_z = by_hand
+    else:
+        z = loc + noise if keep_graph else (loc + noise).detach().requires_grad_(True)
+        recon = -log_likelihood(model.emission(z, state), x)               # (B,)
+        (grad_z,) = torch.autograd.grad(recon.sum(), z, retain_graph=keep_graph)
     with torch.no_grad():
         grad_loc, grad_logvar = grad_z, 0.5 * grad_z * noise
         if not at_prior:

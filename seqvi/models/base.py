@@ -13,6 +13,10 @@ NamedTuple), so particle methods can index and repeat it generically.
 A model that fits this contract gets direct filtering (when ``features`` is
 meaningful), AVF, every bound, evaluation and sampling with no further code.
 
+``emission_recon_grad(z, state, x)`` (optional) returns -log p(x_t | z, h)
+and its gradient in z computed by hand, which AVF's gradient input uses
+instead of autograd (``seqvi.models.vjp``).
+
 ``stack_steps`` (class attribute, default False) is a promise that ``prior``
 and ``emission`` are row-wise functions of (z, state): no batch statistics
 (BatchNorm), no caches. The fast filtering loop (``seqvi.objectives``) then
@@ -55,6 +59,11 @@ class SequentialModel(nn.Module):
 
     def features(self, x: Tensor, state: Any) -> Tensor:
         raise NotImplementedError
+
+    def emission_recon_grad(self, z: Tensor, state: Any, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        """Optional: (-log p(x | z, state) (B,), its gradient in z (B, Z)), both without a graph,
+        computed by hand (``seqvi.models.vjp``). None (the default): AVF uses autograd."""
+        return None
 
     @property
     def device(self) -> torch.device:

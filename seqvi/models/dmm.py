@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Normal
 
+from seqvi.models import vjp
 from seqvi.models.base import LIKELIHOODS, MIN_SCALE, EmissionHead, SequentialModel, mlp
 
 
@@ -85,6 +86,10 @@ class DMM(SequentialModel):
 
     def emission(self, z: Tensor, state: DMMState) -> Distribution:
         return self.emitter(z)
+
+    @torch.no_grad()
+    def emission_recon_grad(self, z: Tensor, state: DMMState, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        return vjp.mlp_emission_grad(self.emitter[0], self.emitter[1], z, x)
 
     def advance(self, state: DMMState, x: Tensor, z: Tensor) -> DMMState:
         return DMMState(z)

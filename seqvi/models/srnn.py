@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Normal
 
+from seqvi.models import vjp
 from seqvi.models.base import LIKELIHOODS, EmissionHead, GaussianHead, SequentialModel, mlp
 
 
@@ -45,6 +46,14 @@ class ClippedLeakyReLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.clamp(nn.functional.leaky_relu(x, 1.0 / 3.0), -3.0, 3.0)
+
+
+def _clipped_leaky_relu_derivative(module: nn.Module, a: Tensor, y: Tensor) -> Tensor:
+    leaky = nn.functional.leaky_relu(a, 1.0 / 3.0)
+    return torch.where(a > 0, 1.0, 1.0 / 3.0) * ((leaky >= -3.0) & (leaky <= 3.0))
+
+
+vjp.register_derivative(ClippedLeakyReLU, _clipped_leaky_relu_derivative)
 
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -96,6 +105,12 @@ class SRNN(SequentialModel):
 
     def emission(self, z: Tensor, state: SRNNState) -> Distribution:
         return self.dec_net(torch.cat([state.d, z], -1))
+
+    @torch.no_grad()
+    def emission_recon_grad(self, z: Tensor, state: SRNNState, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        H = state.d.shape[1]
+        return vjp.mlp_emission_grad(self.dec_net[0], self.dec_net[1], torch.cat([state.d, z], -1), x,
+                                     slice(H, H + z.shape[1]))
 
     def advance(self, state: SRNNState, x: Tensor, z: Tensor) -> SRNNState:
         d, c = self._step(x, state.d, state.c)

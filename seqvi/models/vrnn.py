@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Normal
 
+from seqvi.models import vjp
 from seqvi.models.base import LIKELIHOODS, EmissionHead, GaussianHead, SequentialModel, mlp
 
 
@@ -61,6 +62,16 @@ class VRNN(SequentialModel):
 
     def emission(self, z: Tensor, state: VRNNState) -> Distribution:
         return self.dec_net(torch.cat([self.phi_z(z), state.h], -1))
+
+    @torch.no_grad()
+    def emission_recon_grad(self, z: Tensor, state: VRNNState, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        phi = vjp.forward(self.phi_z, z)
+        if phi is None:
+            return None
+        phi_z, tape = phi
+        out = vjp.mlp_emission_grad(self.dec_net[0], self.dec_net[1], torch.cat([phi_z, state.h], -1), x,
+                                    slice(0, phi_z.shape[1]))
+        return None if out is None else (out[0], tape.backward(out[1]))
 
     def advance(self, state: VRNNState, x: Tensor, z: Tensor) -> VRNNState:
         h, c = self.rnn(torch.cat([self._embed(x), self.phi_z(z)], -1), (state.h, state.c))
