@@ -20,6 +20,7 @@ sequences (nats/sequence). Nothing here prints.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -38,6 +39,7 @@ class SequenceTerms:
     aux: Tensor | None = None   # (B, T) q-only loss (AVF's earlier iterations), if any
     gap: Tensor | None = None   # (B, T) F_t drop under per-step refinement, if measured
     recon_binned: Tensor | None = None   # (B, T) -log P(bin of x_t), with a bin width
+    finish_backward: Callable[[], None] | None = None   # to call right after the loss's backward (deferred q updates)
 
     @property
     def free_energy(self) -> Tensor:
@@ -46,7 +48,7 @@ class SequenceTerms:
 
 def filter_sequence(model: Any, inference: Any, x: Tensor, mask: Tensor,
                     refine: Callable | None = None, bin_width: float | None = None,
-                    fast: bool | None = None) -> SequenceTerms:
+                    fast: bool | None = None, defer: bool = False) -> SequenceTerms:
     """One filtering pass with one reparameterized sample per step.
 
     ``refine(model, q_z, p_z, x_t, state) -> (F_before, F_after)`` (see
@@ -65,6 +67,12 @@ def filter_sequence(model: Any, inference: Any, x: Tensor, mask: Tensor,
     (``SequentialModel.stack_steps``). The noise is drawn in the same order
     and shapes as the eager loop, so both give the same numbers up to the
     order of float additions (tests/test_fast_path.py).
+
+    ``defer`` (the training engine's choice; fast loop only) lets an inference
+    with ``deferred_update`` (AVF with one iteration) run its network without
+    a graph inside the loop; the caller must then call
+    ``terms.finish_backward()`` right after ``loss.backward()``, which puts
+    q's gradient in place (``seqvi.inference.iterative``).
     """
     if fast is None:
         fast = refine is None and getattr(model, "stack_steps", False)
@@ -73,7 +81,10 @@ def filter_sequence(model: Any, inference: Any, x: Tensor, mask: Tensor,
     batch, steps = mask.shape
     state = model.initial_state(batch)
     q_state = inference.initial_state(batch, x, mask)
-    states, locs, scales, zs, aux = _sample_path(model, inference, x, state, q_state)
+    deferring = contextlib.nullcontext() if not (defer and hasattr(inference, "deferred_update")) \
+        else inference.deferred_update()
+    with deferring as deferred:
+        states, locs, scales, zs, aux = _sample_path(model, inference, x, state, q_state)
     # Everything below sees the real steps only, as rows b * T + t.
     keep = _real_rows(mask)
     rows = lambda seq: _take(_stack_steps(seq), keep)  # noqa: E731
@@ -92,7 +103,8 @@ def filter_sequence(model: Any, inference: Any, x: Tensor, mask: Tensor,
     put = lambda v: _put(v, keep, mask) * mask  # noqa: E731
     return SequenceTerms(put(recon), put(kl), mask,
                          torch.stack(aux, 1) * mask if aux else None, None,
-                         put(binned) if binned is not None else None)
+                         put(binned) if binned is not None else None,
+                         deferred.backward if deferred is not None else None)
 
 
 def _filter_eager(model: Any, inference: Any, x: Tensor, mask: Tensor,

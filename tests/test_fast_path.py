@@ -250,3 +250,66 @@ def test_emission_gradient_by_hand_declines_unknown_layers():
     model.emitter[0].append(torch.nn.Softsign())
     z = torch.randn(B, model.z_dim)
     assert model.emission_recon_grad(z, model.initial_state(B), torch.zeros(B, D)) is None
+
+
+@pytest.mark.parametrize("model_name", sorted(SMALL))
+def test_deferred_avf_update_gives_the_same_gradients(model_name):
+    """AVF(1) in training with ``defer``: the update network runs without a graph in the loop and
+    is back-propagated once, batched, after the loss: every parameter's gradient is unchanged."""
+    grads = {}
+    for defer in (False, True):
+        torch.manual_seed(0)
+        model = MODELS[model_name](x_dim=D, likelihood="bernoulli", **SMALL[model_name])
+        avf = INFERENCE["avf"](model, hidden_size=16, iterations=1, layers=2)
+        x, mask = data()
+        torch.manual_seed(5)
+        terms = filter_sequence(model, avf, x, mask, defer=defer)
+        assert (terms.finish_backward is not None) == defer
+        training_loss(terms, kl_weight=0.7).backward()
+        if defer:
+            assert all(p.grad is None for p in avf.parameters())   # phi is not in the loop's graph
+            terms.finish_backward()
+        params = list(model.parameters()) + list(avf.parameters())
+        grads[defer] = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+        assert all(g.abs().sum() > 0 for g in grads[defer][-4:])   # the output layers of phi learn
+    for a, b in zip(grads[False], grads[True]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_deferred_update_is_off_where_it_does_not_apply():
+    """More than one iteration, evaluation mode or no gradients: the update runs as usual."""
+    torch.manual_seed(0)
+    model = MODELS["vrnn"](x_dim=D, **SMALL["vrnn"])
+    x, mask = data()
+    for iterations, train, grad in ((2, True, True), (1, False, True), (1, True, False)):
+        avf = INFERENCE["avf"](model, hidden_size=16, iterations=iterations).train(train)
+        with torch.set_grad_enabled(grad):
+            assert filter_sequence(model, avf, x, mask, defer=True).finish_backward is None
+
+
+def test_linear_without_graph_matches_nn_linear_and_follows_weight_changes():
+    """seqvi.models.linear.Linear: the cached W^T product equals nn.Linear's, before and after the
+    weight changes in place (an optimizer step) or by load_state_dict; with a graph it is nn.Linear."""
+    from seqvi.models.linear import Linear
+
+    torch.manual_seed(0)
+    ours, ref = Linear(7, 5), torch.nn.Linear(7, 5)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(16, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x))
+        assert ours._transposed is not None
+        ours.weight.add_(1.0)
+        ref.weight.add_(1.0)
+        torch.testing.assert_close(ours(x), ref(x))
+    state = {k: torch.randn_like(v) for k, v in ref.state_dict().items()}
+    ours.load_state_dict(state)
+    ref.load_state_dict(state)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x))
+        torch.testing.assert_close(ours(x.unsqueeze(0)), ref(x.unsqueeze(0)))   # not a matrix: nn.Linear
+    y = ours(x)
+    assert y.requires_grad
+    y.sum().backward()
+    torch.testing.assert_close(ours.weight.grad, torch.ones(5, 16) @ x)
+    assert "_transposed" not in ours.__getstate__() and ours.state_dict().keys() == ref.state_dict().keys()

@@ -241,12 +241,12 @@ def _train(recipe: Recipe, run_dir: Path, dist: distributed.Dist, device: str, f
 def _step(model, inference, x, mask, bound, particles, beta, phi, params, dist, clip_grad):
     """Forward and backward of this process's share; returns (global loss sum, global steps, finite)."""
     local_sum = x.new_zeros(())
-    aux = None
+    aux, finish = None, None
     if x.shape[0] > 0:
         if bound == "elbo":
-            terms = filter_sequence(model, inference, x, mask)
+            terms = filter_sequence(model, inference, x, mask, defer=True)
             local_sum = (terms.recon + beta * terms.kl).sum()
-            aux = terms.aux
+            aux, finish = terms.aux, terms.finish_backward
         else:  # IWAE / FIVO: -log p_hat; KL annealing does not apply
             local_sum = -particle_bound(model, inference, x, mask, particles, BOUNDS[bound][0]).log_p_hat.sum()
     stats = distributed.all_reduce_sum(dist, torch.stack([local_sum.detach(), mask.sum().to(local_sum),
@@ -263,6 +263,8 @@ def _step(model, inference, x, mask, bound, particles, beta, phi, params, dist, 
         else:  # AVF: theta learns from the final iterate only, phi from every iterate
             (local_sum / norm).backward(retain_graph=True)
             (aux.sum() / norm).backward(inputs=phi)
+        if finish is not None:   # q's gradient, deferred by the filtering loop (AVF with one iteration)
+            finish()
     distributed.all_reduce_gradients(dist, params)
     if clip_grad > 0:
         torch.nn.utils.clip_grad_norm_(params, clip_grad)

@@ -38,6 +38,7 @@ from torch.distributions import Normal
 from seqvi.errors import RecipeError
 from seqvi.inference.base import Inference, Posterior
 from seqvi.models.base import MIN_SCALE
+from seqvi.models.linear import Linear
 
 class CombinerState(NamedTuple):
     h: Tensor                  # (B, R) h_{t-1}
@@ -64,9 +65,9 @@ class Combiner(Inference):
         self.cell = cell
         self.rnn = CELLS[cell](model.x_dim, rnn_size)              # h_t = RNN(h_{t-1}, x_t)
         self.h_0 = nn.Parameter(torch.zeros(rnn_size))             # h_0
-        self.z_to_hidden = nn.Linear(model.z_dim, rnn_size)        # combiner: tanh(W z_{t-1} + b)
-        self.loc = nn.Linear(rnn_size, model.z_dim)                # q(z_t | z_{t-1}, x_{<=t}): mean
-        self.scale = nn.Linear(rnn_size, model.z_dim)              # q(z_t | z_{t-1}, x_{<=t}): scale
+        self.z_to_hidden = Linear(model.z_dim, rnn_size)        # combiner: tanh(W z_{t-1} + b)
+        self.loc = Linear(rnn_size, model.z_dim)                # q(z_t | z_{t-1}, x_{<=t}): mean
+        self.scale = Linear(rnn_size, model.z_dim)              # q(z_t | z_{t-1}, x_{<=t}): scale
 
     def initial_state(self, batch_size: int, x: Optional[Tensor] = None,
                       mask: Optional[Tensor] = None) -> CombinerState:

@@ -36,13 +36,24 @@ training) and the model computes the emission's input gradient by hand
 not used at all: at filtering batch sizes the engine's bookkeeping per step
 cost about as much as the products.
 
+Deferred update (training with one iteration, the engine's fast loop): the
+update's inputs u_t = (lambda^0_t, g^0_t) are constants (the prior's
+parameters and the gradient, both detached), so lambda^1_t = f_phi(u_t) is
+a function of phi alone. Inside the time loop f_phi runs without a graph and
+lambda^1_t enters the model as a leaf; after the loss's backward has left
+dL/dlambda^1_t on the leaves, ``DeferredUpdate.backward`` recomputes f_phi on
+all (B*T) stacked u_t at once and back-propagates those gradients into phi:
+the same gradient, with one batched pass through the network instead of T
+recorded ones and T small backward passes.
+
 Departures: sizes are configurable (paper: 2 x 1,024 ELU units); the first
 layer is a plain ELU layer, the following ones highway layers.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import contextlib
+from typing import Any, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
@@ -50,6 +61,7 @@ from torch.distributions import Normal
 
 from seqvi.free_energy import gaussian_kl, log_likelihood, standard_normal
 from seqvi.inference.base import Inference, Posterior
+from seqvi.models.linear import Linear
 
 LOGVAR_MIN, LOGVAR_MAX = -15.0, 5.0
 LOC_LIMIT = 50.0      # |mu| bound of the AVF code's gradient inference
@@ -94,12 +106,40 @@ class HighwayLayer(nn.Module):
 
     def __init__(self, size: int):
         super().__init__()
-        self.transform = nn.Linear(size, size)
-        self.gate = nn.Linear(size, size)
+        self.transform = Linear(size, size)
+        self.gate = Linear(size, size)
 
     def forward(self, h: Tensor) -> Tensor:
         g = torch.sigmoid(self.gate(h))
         return g * h + (1 - g) * nn.functional.elu(self.transform(h))
+
+
+class DeferredUpdate:
+    """Records AVF(1)'s update inputs during the loop; ``backward`` sends the leaves' gradients to phi."""
+
+    def __init__(self, avf: "AVF"):
+        self.avf = avf
+        self.inputs: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []   # per step (loc0, logvar0, g_loc, g_logvar)
+        self.leaves: list[tuple[Tensor, Tensor]] = []                   # per step (loc1, logvar1), leaves
+
+    def record(self, inputs: tuple[Tensor, Tensor, Tensor, Tensor], loc: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor]:
+        loc, logvar = loc.requires_grad_(True), logvar.requires_grad_(True)
+        self.inputs.append(inputs)
+        self.leaves.append((loc, logvar))
+        return loc, logvar
+
+    def backward(self) -> None:
+        """After ``loss.backward()``: accumulate dL/dphi through the recorded updates (batched)."""
+        leaves = [leaf for pair in self.leaves for leaf in pair]
+        if all(leaf.grad is None for leaf in leaves):
+            return
+        grads = [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for leaf in leaves]
+        stacked = [torch.cat(parts) for parts in zip(*self.inputs)]                  # 4 x (B*T, Z)
+        loc, logvar = self.avf._update(*stacked)
+        g_loc, g_logvar = torch.cat(grads[0::2]), torch.cat(grads[1::2])
+        phi = [p for p in self.avf.parameters() if p.requires_grad]
+        torch.autograd.backward([loc, logvar], [g_loc, g_logvar], inputs=phi)
+        self.inputs, self.leaves = [], []
 
 
 class AVF(Inference):
@@ -119,12 +159,13 @@ class AVF(Inference):
         z = model.z_dim
         self.iterations, self.update = iterations, update
         self.eval_iterations: Optional[int] = None     # set by `seqvi eval --iterations`
-        self.input = nn.Sequential(nn.Linear(4 * z, hidden_size), nn.ELU())
+        self._deferred: Optional[DeferredUpdate] = None
+        self.input = nn.Sequential(Linear(4 * z, hidden_size), nn.ELU())
         self.highway = nn.Sequential(*[HighwayLayer(hidden_size) for _ in range(layers - 1)])
-        self.loc_out = nn.Linear(hidden_size, z)
-        self.loc_gate = nn.Linear(hidden_size, z)
-        self.logvar_out = nn.Linear(hidden_size, z)
-        self.logvar_gate = nn.Linear(hidden_size, z)
+        self.loc_out = Linear(hidden_size, z)
+        self.loc_gate = Linear(hidden_size, z)
+        self.logvar_out = Linear(hidden_size, z)
+        self.logvar_gate = Linear(hidden_size, z)
         for gate in (self.loc_gate, self.logvar_gate):
             nn.init.constant_(gate.bias, 1.0 if update == "highway" else -2.0)
 
@@ -138,11 +179,28 @@ class AVF(Inference):
             return self.eval_iterations
         return self.iterations
 
+    @contextlib.contextmanager
+    def deferred_update(self) -> Iterator[Optional[DeferredUpdate]]:
+        """Within this block (one filtering pass), a one-iteration update in training is deferred
+        (module docstring); yields the recorder whose ``backward`` must follow the loss's, or None."""
+        deferring = self.training and self.steps() == 1 and torch.is_grad_enabled()
+        self._deferred = DeferredUpdate(self) if deferring else None
+        try:
+            yield self._deferred
+        finally:
+            self._deferred = None
+
     def posterior(self, model: Any, x: Tensor, state: Any, p_z: Normal, q_state: Any = None) -> Posterior:
         loc = p_z.loc.detach()
         logvar = (2 * p_z.scale.log()).detach()
         aux = []
         K = self.steps()
+        if self._deferred is not None and K == 1:
+            grad_loc, grad_logvar, _ = free_energy_gradient(model, x, state, p_z, loc, logvar, at_prior=True)
+            with torch.no_grad():
+                new_loc, new_logvar = self._update(loc, logvar, grad_loc, grad_logvar)
+            loc, logvar = self._deferred.record((loc, logvar, grad_loc, grad_logvar), new_loc, new_logvar)
+            return Posterior(Normal(loc, (0.5 * logvar).exp(), validate_args=False), q_state)
         with torch.enable_grad():  # the gradient inputs are needed in evaluation too
             for k in range(K):
                 keep = k > 0 and self.training     # F_t(lambda^k) trains phi (aux): keep its graph

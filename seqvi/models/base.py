@@ -32,6 +32,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Normal
 
+from seqvi.models.linear import Linear
+
 LIKELIHOODS = ("bernoulli", "gaussian")
 MIN_SCALE = 1e-4
 
@@ -74,7 +76,7 @@ def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU, last_activa
     """Fully connected layers ``sizes[0] -> ... -> sizes[-1]``."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
+        layers.append(Linear(a, b))
         if last_activation or i < len(sizes) - 2:
             layers.append(activation())
     return nn.Sequential(*layers)
@@ -85,8 +87,8 @@ class GaussianHead(nn.Module):
 
     def __init__(self, in_size: int, out_size: int):
         super().__init__()
-        self.loc = nn.Linear(in_size, out_size)
-        self.scale = nn.Linear(in_size, out_size)
+        self.loc = Linear(in_size, out_size)
+        self.scale = Linear(in_size, out_size)
 
     def forward(self, h: Tensor) -> Normal:
         return Normal(self.loc(h), nn.functional.softplus(self.scale(h)) + MIN_SCALE, validate_args=False)
@@ -99,7 +101,7 @@ class EmissionHead(nn.Module):
         super().__init__()
         self.likelihood = likelihood
         if likelihood == "bernoulli":
-            self.logits = nn.Linear(in_size, x_dim)
+            self.logits = Linear(in_size, x_dim)
         else:
             self.gaussian = GaussianHead(in_size, x_dim)
 

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Normal
 
 from seqvi.models import vjp
+from seqvi.models.linear import Linear
 from seqvi.models.base import LIKELIHOODS, MIN_SCALE, EmissionHead, SequentialModel, mlp
 
 
@@ -49,8 +50,8 @@ class GatedTransition(nn.Module):
         super().__init__()
         self.gate = mlp([z_size, transition_size, z_size], last_activation=False)
         self.proposed_mean = mlp([z_size, transition_size, z_size], last_activation=False)
-        self.z_to_loc = nn.Linear(z_size, z_size)
-        self.z_to_scale = nn.Linear(z_size, z_size)
+        self.z_to_loc = Linear(z_size, z_size)
+        self.z_to_scale = Linear(z_size, z_size)
         with torch.no_grad():
             self.z_to_loc.weight.copy_(torch.eye(z_size))
             self.z_to_loc.bias.zero_()

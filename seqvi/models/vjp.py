@@ -92,7 +92,7 @@ def forward(net: nn.Module, h: Tensor) -> Optional[tuple[Tensor, Tape]]:
     records: list[tuple[Tensor, Tensor] | None] = []
     for module in modules:
         if isinstance(module, nn.Linear):
-            h = nn.functional.linear(h, module.weight, module.bias)
+            h = module(h)
             records.append(None)
         else:
             a, h = h, module(h)
@@ -109,12 +109,11 @@ def head_recon_grad(head: nn.Module, h: Tensor, x: Tensor) -> Optional[tuple[Ten
     if not isinstance(head, EmissionHead) or x.dim() != 2:
         return None
     if head.likelihood == "bernoulli":
-        logits = nn.functional.linear(h, head.logits.weight, head.logits.bias)
+        logits = head.logits(h)
         recon = nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(1)
         return recon, (torch.sigmoid(logits) - x) @ head.logits.weight
     gauss = head.gaussian
-    loc = nn.functional.linear(h, gauss.loc.weight, gauss.loc.bias)
-    u = nn.functional.linear(h, gauss.scale.weight, gauss.scale.bias)
+    loc, u = gauss.loc(h), gauss.scale(h)
     scale = nn.functional.softplus(u) + MIN_SCALE
     diff, inv = x - loc, scale.reciprocal()
     sq = (diff * inv).square()
