@@ -39,7 +39,7 @@ class SequenceTerms:
     aux: Tensor | None = None   # (B, T) q-only loss (AVF's earlier iterations), if any
     gap: Tensor | None = None   # (B, T) F_t drop under per-step refinement, if measured
     recon_binned: Tensor | None = None   # (B, T) -log P(bin of x_t), with a bin width
-    finish_backward: Callable[[], None] | None = None   # to call right after the loss's backward (deferred q updates)
+    deferred: Any = None   # q's deferred update: ``deferred.backward(aux_weight)`` right after the loss's backward
 
     @property
     def free_energy(self) -> Tensor:
@@ -69,10 +69,12 @@ def filter_sequence(model: Any, inference: Any, x: Tensor, mask: Tensor,
     order of float additions (tests/test_fast_path.py).
 
     ``defer`` (the training engine's choice; fast loop only) lets an inference
-    with ``deferred_update`` (AVF with one iteration) run its network without
-    a graph inside the loop; the caller must then call
-    ``terms.finish_backward()`` right after ``loss.backward()``, which puts
-    q's gradient in place (``seqvi.inference.iterative``).
+    with ``deferred_update`` (AVF in training) run its network without a
+    graph inside the loop. Then ``terms.deferred`` is set, ``terms.aux`` is
+    None, and the caller must run ``loss.backward(retain_graph=
+    terms.deferred.retain_graph)`` and then ``terms.deferred.backward(w)``
+    with w the loss's weight per unit of aux, which puts q's gradient in
+    place (``seqvi.inference.iterative``).
     """
     if fast is None:
         fast = refine is None and getattr(model, "stack_steps", False)
@@ -95,6 +97,8 @@ def filter_sequence(model: Any, inference: Any, x: Tensor, mask: Tensor,
     x_real = _take(x.flatten(0, 1), keep)
     recon = -log_likelihood(p_x, x_real)
     kl = gaussian_kl(q_z, p_z)
+    if deferred is not None:
+        deferred.attach(model, rows, flat_state, p_z, x_real)
     binned = None
     if bin_width is not None and isinstance(p_x, Normal):
         from seqvi.likelihoods import discretized_gaussian_log_prob
@@ -103,8 +107,7 @@ def filter_sequence(model: Any, inference: Any, x: Tensor, mask: Tensor,
     put = lambda v: _put(v, keep, mask) * mask  # noqa: E731
     return SequenceTerms(put(recon), put(kl), mask,
                          torch.stack(aux, 1) * mask if aux else None, None,
-                         put(binned) if binned is not None else None,
-                         deferred.backward if deferred is not None else None)
+                         put(binned) if binned is not None else None, deferred)
 
 
 def _filter_eager(model: Any, inference: Any, x: Tensor, mask: Tensor,

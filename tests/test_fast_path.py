@@ -253,22 +253,32 @@ def test_emission_gradient_by_hand_declines_unknown_layers():
 
 
 @pytest.mark.parametrize("model_name", sorted(SMALL))
-def test_deferred_avf_update_gives_the_same_gradients(model_name):
-    """AVF(1) in training with ``defer``: the update network runs without a graph in the loop and
-    is back-propagated once, batched, after the loss: every parameter's gradient is unchanged."""
+@pytest.mark.parametrize("iterations", [1, 3])
+def test_deferred_avf_update_gives_the_same_gradients(model_name, iterations):
+    """AVF in training with ``defer``: the update chain runs without a graph in the loop and is
+    back-propagated once, batched, after the loss (with K > 1 the earlier iterates' free
+    energies too): every parameter's gradient equals the engine's per-step path, where theta
+    learns from the final iterate and phi from every iterate."""
     grads = {}
     for defer in (False, True):
         torch.manual_seed(0)
         model = MODELS[model_name](x_dim=D, likelihood="bernoulli", **SMALL[model_name])
-        avf = INFERENCE["avf"](model, hidden_size=16, iterations=1, layers=2)
+        avf = INFERENCE["avf"](model, hidden_size=16, iterations=iterations, layers=2)
         x, mask = data()
         torch.manual_seed(5)
         terms = filter_sequence(model, avf, x, mask, defer=defer)
-        assert (terms.finish_backward is not None) == defer
-        training_loss(terms, kl_weight=0.7).backward()
+        loss = training_loss(terms, kl_weight=0.7)
+        norm = float(mask.sum())
         if defer:
+            assert terms.aux is None and terms.deferred is not None
+            loss.backward(retain_graph=terms.deferred.retain_graph)
             assert all(p.grad is None for p in avf.parameters())   # phi is not in the loop's graph
-            terms.finish_backward()
+            terms.deferred.backward(1.0 / norm)
+        else:
+            assert terms.deferred is None and (terms.aux is not None) == (iterations > 1)
+            loss.backward(retain_graph=True)
+            if terms.aux is not None:
+                (terms.aux.sum() / norm).backward(inputs=list(avf.parameters()))
         params = list(model.parameters()) + list(avf.parameters())
         grads[defer] = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
         assert all(g.abs().sum() > 0 for g in grads[defer][-4:])   # the output layers of phi learn
@@ -277,14 +287,15 @@ def test_deferred_avf_update_gives_the_same_gradients(model_name):
 
 
 def test_deferred_update_is_off_where_it_does_not_apply():
-    """More than one iteration, evaluation mode or no gradients: the update runs as usual."""
+    """Evaluation mode, no gradients, or an inference without it: the loop runs as usual."""
     torch.manual_seed(0)
     model = MODELS["vrnn"](x_dim=D, **SMALL["vrnn"])
     x, mask = data()
-    for iterations, train, grad in ((2, True, True), (1, False, True), (1, True, False)):
-        avf = INFERENCE["avf"](model, hidden_size=16, iterations=iterations).train(train)
+    for train, grad in ((False, True), (True, False)):
+        avf = INFERENCE["avf"](model, hidden_size=16, iterations=2).train(train)
         with torch.set_grad_enabled(grad):
-            assert filter_sequence(model, avf, x, mask, defer=True).finish_backward is None
+            assert filter_sequence(model, avf, x, mask, defer=True).deferred is None
+    assert filter_sequence(model, INFERENCE["direct"](model), x, mask, defer=True).deferred is None
 
 
 def test_linear_without_graph_matches_nn_linear_and_follows_weight_changes():

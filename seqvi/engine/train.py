@@ -241,12 +241,12 @@ def _train(recipe: Recipe, run_dir: Path, dist: distributed.Dist, device: str, f
 def _step(model, inference, x, mask, bound, particles, beta, phi, params, dist, clip_grad):
     """Forward and backward of this process's share; returns (global loss sum, global steps, finite)."""
     local_sum = x.new_zeros(())
-    aux, finish = None, None
+    aux, deferred = None, None
     if x.shape[0] > 0:
         if bound == "elbo":
             terms = filter_sequence(model, inference, x, mask, defer=True)
             local_sum = (terms.recon + beta * terms.kl).sum()
-            aux, finish = terms.aux, terms.finish_backward
+            aux, deferred = terms.aux, terms.deferred
         else:  # IWAE / FIVO: -log p_hat; KL annealing does not apply
             local_sum = -particle_bound(model, inference, x, mask, particles, BOUNDS[bound][0]).log_p_hat.sum()
     stats = distributed.all_reduce_sum(dist, torch.stack([local_sum.detach(), mask.sum().to(local_sum),
@@ -258,13 +258,14 @@ def _step(model, inference, x, mask, bound, particles, beta, phi, params, dist, 
         p.grad = None
     if x.shape[0] > 0:
         norm = max(count, 1.0)
-        if aux is None:
-            (local_sum / norm).backward()
-        else:  # AVF: theta learns from the final iterate only, phi from every iterate
+        if aux is not None:   # AVF: theta learns from the final iterate only, phi from every iterate
             (local_sum / norm).backward(retain_graph=True)
             (aux.sum() / norm).backward(inputs=phi)
-        if finish is not None:   # q's gradient, deferred by the filtering loop (AVF with one iteration)
-            finish()
+        elif deferred is not None:   # AVF, update deferred by the filtering loop: phi's gradient after theta's
+            (local_sum / norm).backward(retain_graph=deferred.retain_graph)
+            deferred.backward(1.0 / norm)
+        else:
+            (local_sum / norm).backward()
     distributed.all_reduce_gradients(dist, params)
     if clip_grad > 0:
         torch.nn.utils.clip_grad_norm_(params, clip_grad)

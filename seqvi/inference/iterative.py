@@ -36,15 +36,19 @@ training) and the model computes the emission's input gradient by hand
 not used at all: at filtering batch sizes the engine's bookkeeping per step
 cost about as much as the products.
 
-Deferred update (training with one iteration, the engine's fast loop): the
-update's inputs u_t = (lambda^0_t, g^0_t) are constants (the prior's
-parameters and the gradient, both detached), so lambda^1_t = f_phi(u_t) is
-a function of phi alone. Inside the time loop f_phi runs without a graph and
-lambda^1_t enters the model as a leaf; after the loss's backward has left
-dL/dlambda^1_t on the leaves, ``DeferredUpdate.backward`` recomputes f_phi on
-all (B*T) stacked u_t at once and back-propagates those gradients into phi:
-the same gradient, with one batched pass through the network instead of T
-recorded ones and T small backward passes.
+Deferred update (training, the engine's fast loop): every input of the
+update chain lambda^{k+1}_t = f_phi(lambda^k_t, g^k_t) apart from phi is a
+constant — lambda^0_t is the prior's parameters and every g^k_t the
+gradient, both detached — so lambda^K_t is a function of phi alone. Inside
+the time loop the chain runs without a graph and lambda^K_t enters the model
+as a leaf. After the loss's backward has left dL/dlambda^K_t on the leaves,
+``DeferredUpdate.backward`` recomputes the chain on all (N = real B*T)
+stacked rows at once and back-propagates into phi. With K > 1 it also
+evaluates the earlier iterates' free energies (``aux``: F_t(lambda^k), k < K,
+with the loop's own noise) on the stacked states, sends their gradient
+through the states to the leaves of earlier steps, and then everything into
+phi: the same gradient as the per-step graph, with batched passes through
+the network and the emission instead of T * K recorded ones.
 
 Departures: sizes are configurable (paper: 2 x 1,024 ELU units); the first
 layer is a plain ELU layer, the following ones highway layers.
@@ -74,16 +78,18 @@ def layer_norm(v: Tensor, eps: float = 1e-5) -> Tensor:
 
 
 def free_energy_gradient(model: Any, x: Tensor, state: Any, p_z: Normal, loc: Tensor, logvar: Tensor,
-                         keep_graph: bool = False, at_prior: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+                         keep_graph: bool = False, at_prior: bool = False,
+                         eps: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
     """(grad_loc F_t, grad_logvar F_t) at q = N(loc, exp(logvar / 2)), one reparameterized sample.
 
     Autograd runs through the emission to z only; the sampling and the Gaussian KL are
     differentiated by hand (module docstring). Both gradients are detached. With
     ``keep_graph``, also F_t itself (B,), differentiable in (loc, logvar) (AVF's ``aux``).
     ``at_prior``: q is the prior itself (AVF's first iterate), where the KL's gradient is zero.
+    ``eps``: the standard normal draw to use (default: a new one).
     """
     scale = (0.5 * logvar).exp()
-    noise = scale * standard_normal(loc)                                   # sigma * eps
+    noise = scale * (standard_normal(loc) if eps is None else eps)        # sigma * eps
     by_hand = None if keep_graph else model.emission_recon_grad((loc + noise).detach(), state, x)
     if by_hand is not None:
         recon, grad_z = by_hand
@@ -115,31 +121,70 @@ class HighwayLayer(nn.Module):
 
 
 class DeferredUpdate:
-    """Records AVF(1)'s update inputs during the loop; ``backward`` sends the leaves' gradients to phi."""
+    """Records AVF's update inputs during one filtering pass; ``backward`` puts phi's gradient in place.
 
-    def __init__(self, avf: "AVF"):
-        self.avf = avf
-        self.inputs: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []   # per step (loc0, logvar0, g_loc, g_logvar)
-        self.leaves: list[tuple[Tensor, Tensor]] = []                   # per step (loc1, logvar1), leaves
+    Per step: (loc^0, logvar^0) and K gradients (g_loc^k, g_logvar^k), all (B, Z) and detached; the
+    noise eps^k (B, Z) of iterations 1..K-1 (for aux); the leaves (loc^K, logvar^K). ``attach``
+    (from the fast loop) gives the rows of the real steps, their stacked states, priors and data.
+    """
 
-    def record(self, inputs: tuple[Tensor, Tensor, Tensor, Tensor], loc: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor]:
+    def __init__(self, avf: "AVF", iterations: int):
+        self.avf, self.iterations = avf, iterations
+        self.steps: list[tuple] = []     # per step (loc0, logvar0, [(g_loc, g_logvar)] * K, [eps] * (K-1))
+        self.leaves: list[tuple[Tensor, Tensor]] = []
+        self.context: tuple | None = None
+
+    @property
+    def retain_graph(self) -> bool:
+        """aux (K > 1) differentiates through the loop's states: the loss's graph must survive its backward."""
+        return self.iterations > 1
+
+    def record(self, step: tuple, loc: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor]:
         loc, logvar = loc.requires_grad_(True), logvar.requires_grad_(True)
-        self.inputs.append(inputs)
+        self.steps.append(step)
         self.leaves.append((loc, logvar))
         return loc, logvar
 
-    def backward(self) -> None:
-        """After ``loss.backward()``: accumulate dL/dphi through the recorded updates (batched)."""
-        leaves = [leaf for pair in self.leaves for leaf in pair]
-        if all(leaf.grad is None for leaf in leaves):
+    def attach(self, model: Any, rows: Any, state: Any, p_z: Normal, x: Tensor) -> None:
+        """``rows(per-step list) -> (N, ...)`` real-step rows; state, p_z and x on those rows."""
+        self.context = (model, rows, state, p_z, x)
+
+    def backward(self, aux_weight: float = 1.0) -> None:
+        """After ``loss.backward()`` (which must retain its graph if ``retain_graph``): accumulate
+        dL/dphi, with ``aux_weight`` on the earlier iterates' free energies (the loss's normalizer)."""
+        if not self.steps or self.context is None:
             return
-        grads = [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for leaf in leaves]
-        stacked = [torch.cat(parts) for parts in zip(*self.inputs)]                  # 4 x (B*T, Z)
-        loc, logvar = self.avf._update(*stacked)
-        g_loc, g_logvar = torch.cat(grads[0::2]), torch.cat(grads[1::2])
+        model, rows, state, p_z, x = self.context
+        K = self.iterations
+        leaf_grads = [rows([leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+                            for leaf in (pair[i] for pair in self.leaves)]) for i in (0, 1)]
+        loc, logvar = rows([s[0] for s in self.steps]), rows([s[1] for s in self.steps])
+        iterates = []
+        for k in range(K):
+            g_loc, g_logvar = rows([s[2][k][0] for s in self.steps]), rows([s[2][k][1] for s in self.steps])
+            loc, logvar = self.avf._update(loc, logvar, g_loc, g_logvar)     # (N, Z), graph to phi
+            iterates.append((loc, logvar))
+        outputs, grads = [loc, logvar], list(leaf_grads)
+        if K > 1:
+            aux = 0.0
+            for k in range(1, K):
+                loc_k, logvar_k = iterates[k - 1]
+                scale_k = (0.5 * logvar_k).exp()
+                z_k = loc_k + scale_k * rows([s[3][k - 1] for s in self.steps])
+                aux = aux + (-log_likelihood(model.emission(z_k, state), x)
+                             + gaussian_kl(Normal(loc_k, scale_k, validate_args=False), p_z))
+            aux = aux.sum() * aux_weight
+            # aux reaches earlier steps' leaves through the states: route that part through the chain too
+            leaves = [leaf for pair in self.leaves for leaf in pair]
+            through = torch.autograd.grad(aux, leaves, retain_graph=True, allow_unused=True)
+            extra = [rows([g if g is not None else torch.zeros_like(leaf)
+                           for g, leaf in zip(through[i::2], leaves[i::2])]) for i in (0, 1)]
+            grads = [grads[0] + extra[0], grads[1] + extra[1]]
+            outputs.append(aux)
+            grads.append(torch.ones_like(aux))
         phi = [p for p in self.avf.parameters() if p.requires_grad]
-        torch.autograd.backward([loc, logvar], [g_loc, g_logvar], inputs=phi)
-        self.inputs, self.leaves = [], []
+        torch.autograd.backward(outputs, grads, inputs=phi)
+        self.steps, self.leaves, self.context = [], [], None
 
 
 class AVF(Inference):
@@ -172,7 +217,7 @@ class AVF(Inference):
     @property
     def prior_graph(self) -> bool:
         """Only the aux terms of iterations after the first differentiate through p_z."""
-        return self.training and self.steps() > 1
+        return self.training and self.steps() > 1 and self._deferred is None
 
     def steps(self) -> int:
         if not self.training and self.eval_iterations is not None:
@@ -181,10 +226,10 @@ class AVF(Inference):
 
     @contextlib.contextmanager
     def deferred_update(self) -> Iterator[Optional[DeferredUpdate]]:
-        """Within this block (one filtering pass), a one-iteration update in training is deferred
-        (module docstring); yields the recorder whose ``backward`` must follow the loss's, or None."""
-        deferring = self.training and self.steps() == 1 and torch.is_grad_enabled()
-        self._deferred = DeferredUpdate(self) if deferring else None
+        """Within this block (one filtering pass), the update in training is deferred (module
+        docstring); yields the recorder whose ``backward`` must follow the loss's, or None."""
+        deferring = self.training and torch.is_grad_enabled()
+        self._deferred = DeferredUpdate(self, self.steps()) if deferring else None
         try:
             yield self._deferred
         finally:
@@ -195,12 +240,8 @@ class AVF(Inference):
         logvar = (2 * p_z.scale.log()).detach()
         aux = []
         K = self.steps()
-        if self._deferred is not None and K == 1:
-            grad_loc, grad_logvar, _ = free_energy_gradient(model, x, state, p_z, loc, logvar, at_prior=True)
-            with torch.no_grad():
-                new_loc, new_logvar = self._update(loc, logvar, grad_loc, grad_logvar)
-            loc, logvar = self._deferred.record((loc, logvar, grad_loc, grad_logvar), new_loc, new_logvar)
-            return Posterior(Normal(loc, (0.5 * logvar).exp(), validate_args=False), q_state)
+        if self._deferred is not None:
+            return self._deferred_posterior(model, x, state, p_z, q_state, loc, logvar, K)
         with torch.enable_grad():  # the gradient inputs are needed in evaluation too
             for k in range(K):
                 keep = k > 0 and self.training     # F_t(lambda^k) trains phi (aux): keep its graph
@@ -211,6 +252,24 @@ class AVF(Inference):
                 loc, logvar = self._update(loc, logvar, grad_loc, grad_logvar)
         q_z = Normal(loc, (0.5 * logvar).exp(), validate_args=False)
         return Posterior(q_z, q_state, torch.stack(aux).sum(0) if aux else None)
+
+    def _deferred_posterior(self, model: Any, x: Tensor, state: Any, p_z: Normal, q_state: Any,
+                            loc: Tensor, logvar: Tensor, K: int) -> Posterior:
+        """The K iterations without a graph; lambda^K becomes a leaf of the recorder (module docstring).
+        The noise is drawn in the same order as ``posterior``'s, so both give the same numbers."""
+        start, grads, noises = (loc, logvar), [], []
+        p_values = Normal(p_z.loc.detach(), p_z.scale.detach(), validate_args=False)
+        for k in range(K):
+            eps = standard_normal(loc)
+            grad_loc, grad_logvar, _ = free_energy_gradient(model, x, state, p_values, loc, logvar,
+                                                            at_prior=k == 0, eps=eps)
+            grads.append((grad_loc, grad_logvar))
+            if k > 0:
+                noises.append(eps)
+            with torch.no_grad():
+                loc, logvar = self._update(loc, logvar, grad_loc, grad_logvar)
+        loc, logvar = self._deferred.record((*start, grads, noises), loc, logvar)
+        return Posterior(Normal(loc, (0.5 * logvar).exp(), validate_args=False), q_state)
 
     def _update(self, loc: Tensor, logvar: Tensor, g_loc: Tensor, g_logvar: Tensor) -> tuple[Tensor, Tensor]:
         u = layer_norm(torch.stack([g_loc, g_logvar, loc, logvar], 1)).flatten(1)   # (B, 4Z), each part normalized
