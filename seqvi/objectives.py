@@ -283,6 +283,10 @@ def _sample_path(model: Any, inference: Any, x: Tensor, state: Any, q_state: Any
     Returns per-step lists (states h_{t-1}, q locs, q scales, z samples, aux losses);
     everything else is evaluated after the loop on stacked steps.
     """
+    whole = getattr(inference, "sample_path", None)
+    path = whole(model, x, state, q_state) if whole is not None else None
+    if path is not None:   # the inference runs the whole path at once (the combiner on a DMM)
+        return path
     reads_prior = getattr(inference, "reads_prior", True)
     prior_graph = getattr(inference, "prior_graph", True)
     states, locs, scales, zs, aux = [], [], [], [], []

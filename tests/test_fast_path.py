@@ -324,3 +324,31 @@ def test_linear_without_graph_matches_nn_linear_and_follows_weight_changes():
     y.sum().backward()
     torch.testing.assert_close(ours.weight.grad, torch.ones(5, 16) @ x)
     assert "_transposed" not in ours.__getstate__() and ours.state_dict().keys() == ref.state_dict().keys()
+
+
+@pytest.mark.parametrize("nonlinearity", ["relu", "tanh"])
+def test_elman_rnn_equals_torch_rnn_values_and_gradients(nonlinearity):
+    """seqvi.inference.elman: the hand-written BPTT gives torch.rnn_relu/tanh's outputs and the
+    gradients of every weight, h_0 and x, for an upstream gradient on every step."""
+    from seqvi.inference.elman import elman_rnn
+
+    torch.manual_seed(0)
+    cell = torch.nn.RNNCell(D, 7, nonlinearity=nonlinearity)
+    x = torch.randn(B, T, D, requires_grad=True)
+    h_0 = torch.randn(B, 7, requires_grad=True)
+    upstream = torch.randn(B, T, 7)
+    weights = [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
+    results = []
+    for ours in (True, False):
+        if ours:
+            h = elman_rnn(x, h_0, *weights, nonlinearity=nonlinearity)
+        else:
+            run = torch.rnn_relu if nonlinearity == "relu" else torch.rnn_tanh
+            h, _ = run(x, h_0.unsqueeze(0), weights, True, 1, 0.0, True, False, True)
+        grads = torch.autograd.grad((h * upstream).sum(), [x, h_0, *weights])
+        results.append((h.detach(), grads))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError):
+        elman_rnn(x, h_0, *weights, nonlinearity="gru")

@@ -23,6 +23,10 @@ fits variational filtering. z_{t-1} is read with ``model.previous_z(state)``
 guide keeps a separate learned z_q_0). A model without ``previous_z`` is
 refused when this is built.
 
+For a model whose state is z_{t-1} alone (the DMM), ``sample_path`` runs
+the whole sampling path in one autograd node with a hand-written backward
+(``seqvi.inference.combiner_path``), which the fast filtering loop uses.
+
 ``cell`` picks the RNN: "relu" (Pyro's ``nn.RNN(nonlinearity="relu")``, the
 default), "tanh" or "gru" (steadier: Pyro's ReLU RNN is known to blow up).
 """
@@ -37,8 +41,17 @@ from torch.distributions import Normal
 
 from seqvi.errors import RecipeError
 from seqvi.inference.base import Inference, Posterior
+from seqvi.inference.combiner_path import combiner_path
+from seqvi.inference.elman import elman_rnn
 from seqvi.models.base import MIN_SCALE
 from seqvi.models.linear import Linear
+
+class Ahead(tuple):
+    """h_t, h_{t+1}, ... (B, R) each; the whole precomputed sequence also as one time-major tensor
+    ``sequence`` (T, B, R), which ``sample_path`` reads (a slice or a re-indexed copy is a plain tuple)."""
+
+    sequence: Optional[Tensor] = None
+
 
 class CombinerState(NamedTuple):
     h: Tensor                  # (B, R) h_{t-1}
@@ -74,14 +87,36 @@ class Combiner(Inference):
         h_0 = self.h_0.expand(batch_size, -1)
         if x is None:
             return CombinerState(h_0, ())
-        return CombinerState(h_0, self._forward_rnn(x.flatten(2), h_0).unbind(1))   # causal: h_t reads x_{<=t}
+        h = self._forward_rnn(x.flatten(2), h_0)                                # causal: h_t reads x_{<=t}
+        ahead = Ahead(h.unbind(1))
+        ahead.sequence = h.transpose(0, 1)                                     # (T, B, R)
+        return CombinerState(h_0, ahead)
 
     def _forward_rnn(self, x: Tensor, h_0: Tensor) -> Tensor:
-        """h_{1:T} for x (B, T, D) in one call with the cell's own weights -> (B, T, R)."""
-        run = {"relu": torch.rnn_relu, "tanh": torch.rnn_tanh, "gru": torch.gru}[self.cell]
+        """h_{1:T} for x (B, T, D) in one call with the cell's own weights -> (B, T, R).
+        ReLU and tanh cells on CPU use ``seqvi.inference.elman`` (its backward batches the weight
+        gradients over all steps); GRU cells, and every cell on other devices, torch's own RNN."""
         weights = [self.rnn.weight_ih, self.rnn.weight_hh, self.rnn.bias_ih, self.rnn.bias_hh]
+        if self.cell != "gru" and x.device.type == "cpu":
+            return elman_rnn(x, h_0, *weights, nonlinearity=self.cell)
+        run = {"relu": torch.rnn_relu, "tanh": torch.rnn_tanh, "gru": torch.gru}[self.cell]
         h, _ = run(x, h_0.unsqueeze(0).contiguous(), weights, True, 1, 0.0, self.training, False, True)
         return h
+
+    def sample_path(self, model: Any, x: Tensor, state: Any, q_state: Any) -> Optional[tuple]:
+        """The fast loop's whole sampling path at once (``seqvi.inference.combiner_path``) for a model
+        whose state is z_{t-1} alone, on CPU, with the RNN over x precomputed; else None (step by step).
+        Returns per-step lists (states h_{t-1}, q locs, q scales, z samples, aux) like the loop."""
+        steps = x.shape[1]
+        if (not getattr(model, "markov_in_z", False) or self.cell == "gru" or x.device.type != "cpu"
+                or q_state is None or len(q_state.ahead) != steps or steps == 0):
+            return None
+        h = getattr(q_state.ahead, "sequence", None)
+        h = torch.stack(q_state.ahead) if h is None else h                     # (T, B, R)
+        zs, locs, scales = combiner_path(h, model.previous_z(state), self.z_to_hidden, self.loc, self.scale)
+        zs, locs, scales = zs.unbind(0), locs.unbind(0), scales.unbind(0)
+        states = [state] + [model.z_state(z) for z in zs[:-1]]
+        return states, list(locs), list(scales), list(zs), []
 
     def posterior(self, model: Any, x: Tensor, state: Any, p_z: Optional[Normal] = None,
                   q_state: Any = None) -> Posterior:

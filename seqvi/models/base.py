@@ -17,6 +17,11 @@ meaningful), AVF, every bound, evaluation and sampling with no further code.
 and its gradient in z computed by hand, which AVF's gradient input uses
 instead of autograd (``seqvi.models.vjp``).
 
+``markov_in_z`` (class attribute, default False) says the state is z_{t-1}
+alone (the DMM): ``z_state(z)`` is then the state after sampling z, which
+lets an inference run the whole sampling path at once
+(``Combiner.sample_path``).
+
 ``stack_steps`` (class attribute, default False) is a promise that ``prior``
 and ``emission`` are row-wise functions of (z, state): no batch statistics
 (BatchNorm), no caches. The fast filtering loop (``seqvi.objectives``) then
@@ -43,6 +48,8 @@ class SequentialModel(nn.Module):
 
     #: prior / emission are row-wise in (z, state): the fast loop may batch them over time
     stack_steps = False
+    #: the state is a function of z_{t-1} alone, ``z_state(z)``: advance(state, x, z) == z_state(z)
+    markov_in_z = False
     x_dim: int
     z_dim: int
     feature_size: int
@@ -60,6 +67,10 @@ class SequentialModel(nn.Module):
         raise NotImplementedError
 
     def features(self, x: Tensor, state: Any) -> Tensor:
+        raise NotImplementedError
+
+    def z_state(self, z: Tensor) -> Any:
+        """For ``markov_in_z`` models: the state after a step that sampled z (B, Z)."""
         raise NotImplementedError
 
     def emission_recon_grad(self, z: Tensor, state: Any, x: Tensor) -> tuple[Tensor, Tensor] | None:

@@ -66,6 +66,7 @@ class GatedTransition(nn.Module):
 
 class DMM(SequentialModel):
     stack_steps = True
+    markov_in_z = True
 
     def __init__(self, x_dim: int, likelihood: str = "bernoulli", z_size: int = 100, emission_size: int = 100,
                  transition_size: int = 200):
@@ -93,6 +94,9 @@ class DMM(SequentialModel):
         return vjp.mlp_emission_grad(self.emitter[0], self.emitter[1], z, x)
 
     def advance(self, state: DMMState, x: Tensor, z: Tensor) -> DMMState:
+        return DMMState(z)
+
+    def z_state(self, z: Tensor) -> DMMState:
         return DMMState(z)
 
     def features(self, x: Tensor, state: DMMState) -> Tensor:
