@@ -163,3 +163,22 @@ def test_iteration_curve_is_flat_when_the_update_is_the_identity(tiny_store):
         moved = iteration_curve(model, avf, store.split("test"), iterations=3, batch_size=4,
                                 device=torch.device("cpu"))
         assert not np.allclose(moved[1:] - moved[0], 0.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("update", ["highway", "sgd"])
+def test_update_without_graph_equals_update_with_graph(update):
+    """AVF's graph-free update (fused heads, cached W^T) computes the recorded one's numbers, and
+    follows the heads when they change (an optimizer step)."""
+    model = vrnn()
+    avf = AVF(model, iterations=1, hidden_size=16, layers=2, update=update)
+    torch.manual_seed(3)
+    loc, logvar, g_loc, g_logvar = (torch.randn(B, model.z_dim) * 3 for _ in range(4))
+    for _ in range(2):
+        with_graph = avf._update(loc, logvar, g_loc, g_logvar)
+        with torch.no_grad():
+            without = avf._update(loc, logvar, g_loc, g_logvar)
+        for a, b in zip(with_graph, without):
+            torch.testing.assert_close(a.detach(), b, rtol=1e-5, atol=1e-5)
+        with torch.no_grad():
+            avf.loc_gate.weight.add_(0.5)
+            avf.logvar_out.bias.sub_(0.5)

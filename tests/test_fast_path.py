@@ -352,3 +352,20 @@ def test_elman_rnn_equals_torch_rnn_values_and_gradients(nonlinearity):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError):
         elman_rnn(x, h_0, *weights, nonlinearity="gru")
+
+
+def test_dmm_transition_without_graph_equals_with_graph():
+    """The DMM's graph-free transition (fused first layers, lerp) gives the recorded one's prior,
+    also after its weights change."""
+    torch.manual_seed(0)
+    model = MODELS["dmm"](x_dim=D, **SMALL["dmm"])
+    z = torch.randn(B, model.z_dim) * 2
+    for _ in range(2):
+        ref = model.transition(z)
+        with torch.no_grad():
+            fast = model.transition(z)
+        torch.testing.assert_close(fast.loc, ref.loc.detach())
+        torch.testing.assert_close(fast.scale, ref.scale.detach())
+        with torch.no_grad():
+            model.transition.gate[0].weight.add_(0.3)
+            model.transition.z_to_loc.bias.add_(0.3)

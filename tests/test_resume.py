@@ -67,3 +67,21 @@ def test_different_config_refused_unless_force(tiny_store, tmp_path):
         train(recipe_from_dict(other), tmp_path / "r", device="cpu")
     result = train(recipe_from_dict(other), tmp_path / "r", device="cpu", force=True)
     assert result.replaced == ["train.lr: 0.01 -> 0.5"] and result.resumed_step is None
+
+
+@pytest.mark.parametrize("model,inference", [
+    ({"name": "vrnn", "hidden_size": 8, "z_size": 3, "feature_size": 8},
+     {"name": "avf", "iterations": 2, "hidden_size": 8}),                        # deferred AVF update
+    ({"name": "dmm", "z_size": 3, "emission_size": 6, "transition_size": 6},
+     {"name": "combiner", "rnn_size": 6}),                                        # the combiner's whole path
+])
+def test_fast_paths_resume_exactly(tiny_store, tmp_path, model, inference):
+    """The hand-written speed paths are deterministic: a crash mid-epoch resumes bitwise."""
+    raw = tiny_recipe(tiny_store, epochs=2, checkpoint_every=1)
+    raw["model"], raw["inference"] = model, inference
+    recipe = recipe_from_dict(raw)
+    train(recipe, tmp_path / "a", device="cpu")
+    with pytest.raises(Crash):
+        train(recipe, tmp_path / "b", device="cpu", events=crash_at(4))
+    assert train(recipe, tmp_path / "b", device="cpu").resumed_step == 3
+    assert_same(params(tmp_path / "a"), params(tmp_path / "b"))

@@ -17,6 +17,15 @@ computes from x causally and independently of z (the combiner's forward RNN:
 h_t from x_{<=t}), for the whole sequence in one call, and consume it one
 step at a time: the same numbers, one large operation instead of T small ones.
 
+Two optional hooks serve the fast filtering loop (``seqvi.objectives``):
+``sample_path(model, x, state, q_state)`` may return the whole sampling
+path at once (per-step lists of states, q locs, q scales, samples, aux) or
+None to be stepped (the combiner on a DMM: one autograd node with a
+hand-written backward); ``deferred_update()`` is a context manager under
+which q may keep its own network out of the loop's graph and put its
+gradient in place afterwards (AVF in training; see ``filter_sequence``'s
+``defer``).
+
 ``reads_prior`` (class attribute, default True) says whether ``posterior``
 uses ``p_z``. A procedure that sets it False (direct encoders, the combiner)
 receives ``p_z=None`` from the fast filtering loop, which then evaluates the

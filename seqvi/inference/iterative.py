@@ -65,7 +65,7 @@ from torch.distributions import Normal
 
 from seqvi.free_energy import gaussian_kl, log_likelihood, standard_normal
 from seqvi.inference.base import Inference, Posterior
-from seqvi.models.linear import Linear
+from seqvi.models.linear import Linear, fused_linear
 
 LOGVAR_MIN, LOGVAR_MAX = -15.0, 5.0
 LOC_LIMIT = 50.0      # |mu| bound of the AVF code's gradient inference
@@ -117,6 +117,8 @@ class HighwayLayer(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         g = torch.sigmoid(self.gate(h))
+        if not torch.is_grad_enabled():   # the same mixture in one operator
+            return torch.lerp(nn.functional.elu(self.transform(h)), h, g)
         return g * h + (1 - g) * nn.functional.elu(self.transform(h))
 
 
@@ -205,6 +207,8 @@ class AVF(Inference):
         self.iterations, self.update = iterations, update
         self.eval_iterations: Optional[int] = None     # set by `seqvi eval --iterations`
         self._deferred: Optional[DeferredUpdate] = None
+        self._heads: Optional[tuple] = None           # see _update_no_graph
+        self._bounds: Optional[Tensor] = None
         self.input = nn.Sequential(Linear(4 * z, hidden_size), nn.ELU())
         self.highway = nn.Sequential(*[HighwayLayer(hidden_size) for _ in range(layers - 1)])
         self.loc_out = Linear(hidden_size, z)
@@ -274,6 +278,8 @@ class AVF(Inference):
     def _update(self, loc: Tensor, logvar: Tensor, g_loc: Tensor, g_logvar: Tensor) -> tuple[Tensor, Tensor]:
         u = layer_norm(torch.stack([g_loc, g_logvar, loc, logvar], 1)).flatten(1)   # (B, 4Z), each part normalized
         h = self.highway(self.input(u))                                        # (B, H)
+        if not torch.is_grad_enabled() and h.device.type == "cpu":
+            return self._update_no_graph(h, loc, logvar, g_loc, g_logvar)
         if self.update == "highway":
             s_loc, s_lv = torch.sigmoid(self.loc_gate(h)), torch.sigmoid(self.logvar_gate(h))
             loc = s_loc * loc + (1 - s_loc) * self.loc_out(h)
@@ -282,3 +288,29 @@ class AVF(Inference):
             loc = loc - torch.sigmoid(self.loc_gate(h)) * g_loc + self.loc_out(h)
             logvar = logvar - torch.sigmoid(self.logvar_gate(h)) * g_logvar + self.logvar_out(h)
         return loc.clamp(-LOC_LIMIT, LOC_LIMIT), logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+
+    def _update_no_graph(self, h: Tensor, loc: Tensor, logvar: Tensor, g_loc: Tensor,
+                         g_logvar: Tensor) -> tuple[Tensor, Tensor]:
+        """``_update``'s arithmetic where nothing records a graph (the loop's deferred update,
+        evaluation): the four heads as one product with a cached contiguous (H, 4Z) W^T, rebuilt
+        when any head changes, the mixture and the clamps on [loc, logvar] at once. The same
+        numbers up to float rounding; parameters stay the four ``Linear`` heads."""
+        z = loc.shape[1]
+        bounds = self._bounds
+        if bounds is None or bounds.shape[1] != 2 * z or bounds.dtype != h.dtype or bounds.device != h.device:
+            limits = torch.tensor([[-LOC_LIMIT, LOGVAR_MIN], [LOC_LIMIT, LOGVAR_MAX]], dtype=h.dtype, device=h.device)
+            bounds = self._bounds = limits.repeat_interleave(z, dim=1)          # (2, 2Z): low, high
+        heads = (self.loc_out, self.logvar_out, self.loc_gate, self.logvar_gate)
+        out, gate = fused_linear(self, "_heads", heads, h).chunk(2, 1)          # (B, 2Z) each
+        previous = torch.cat([loc, logvar], 1)
+        if self.update == "highway":
+            new = torch.lerp(out, previous, torch.sigmoid(gate))
+        else:
+            new = (previous + out).addcmul_(torch.sigmoid(gate), torch.cat([g_loc, g_logvar], 1), value=-1.0)
+        loc, logvar = torch.clamp(new, bounds[0], bounds[1]).chunk(2, 1)
+        return loc.contiguous(), logvar.contiguous()
+
+    def __getstate__(self) -> dict:   # copies and pickles leave the cache behind
+        state = self.__dict__.copy()
+        state["_heads"] = state["_bounds"] = None
+        return state

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Normal
 
 from seqvi.models import vjp
-from seqvi.models.linear import Linear
+from seqvi.models.linear import Linear, fused_linear
 from seqvi.models.base import LIKELIHOODS, MIN_SCALE, EmissionHead, SequentialModel, mlp
 
 
@@ -57,11 +57,31 @@ class GatedTransition(nn.Module):
             self.z_to_loc.bias.zero_()
 
     def forward(self, z_prev: Tensor) -> Normal:
+        if not torch.is_grad_enabled() and z_prev.device.type == "cpu" and z_prev.dim() == 2:
+            return self._forward_no_graph(z_prev)
         gate = torch.sigmoid(self.gate(z_prev))
         proposed = self.proposed_mean(z_prev)
         loc = (1 - gate) * self.z_to_loc(z_prev) + gate * proposed
         scale = nn.functional.softplus(self.z_to_scale(torch.relu(proposed))) + MIN_SCALE
         return Normal(loc, scale, validate_args=False)
+
+    def _forward_no_graph(self, z_prev: Tensor) -> Normal:
+        """``forward`` where nothing records a graph (AVF's in-loop prior, evaluation): the three
+        layers that read z_{t-1} as one product (``fused_linear``), the mix as one ``lerp``."""
+        first_g, first_m = self.gate[0], self.proposed_mean[0]
+        hidden, linear = fused_linear(self, "_first", (first_g, first_m, self.z_to_loc), z_prev).split(
+            [first_g.out_features + first_m.out_features, self.z_to_loc.out_features], 1)
+        h_g, h_m = hidden.relu_().split([first_g.out_features, first_m.out_features], 1)
+        gate = torch.sigmoid(self.gate[2](h_g))
+        proposed = self.proposed_mean[2](h_m)
+        loc = torch.lerp(linear, proposed, gate)                               # (1 - g) * linear + g * proposed
+        scale = nn.functional.softplus(self.z_to_scale(torch.relu(proposed))).add_(MIN_SCALE)
+        return Normal(loc, scale, validate_args=False)
+
+    def __getstate__(self) -> dict:   # copies and pickles leave the cache behind
+        state = self.__dict__.copy()
+        state.pop("_first", None)
+        return state
 
 
 class DMM(SequentialModel):

@@ -11,9 +11,15 @@ weight changes (its version counter: optimizer steps and ``load_state_dict``
 both bump it). With a graph, on other devices, or for inputs that are not
 matrices, it is ``nn.Linear`` unchanged. Parameters and state dicts are
 ``nn.Linear``'s, so checkpoints do not see the difference.
+
+``fused_linear`` does the same for several layers that read one input
+(AVF's four heads, the DMM transition's first layers): one product with
+their concatenated W^T, cached on the module that owns them.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -40,3 +46,18 @@ class Linear(nn.Linear):
         state = self.__dict__.copy()
         state.pop("_transposed", None)
         return state
+
+
+def fused_linear(owner: nn.Module, name: str, layers: Sequence[nn.Linear], x: Tensor) -> Tensor:
+    """[x W_1^T + b_1, ..., x W_n^T + b_n] (B, sum of outputs) as one product, for graph-free CPU use.
+
+    The concatenated (in, sum of outputs) W^T and bias are cached on ``owner`` as attribute ``name``
+    and rebuilt whenever any of the layers' parameters changes (storage or version counter).
+    """
+    key = tuple((p.data_ptr(), p._version) for layer in layers for p in (layer.weight, layer.bias))
+    cached = getattr(owner, name, None)
+    if cached is None or cached[0] != key or cached[1].dtype != x.dtype:
+        cached = (key, torch.cat([layer.weight for layer in layers]).t().contiguous(),
+                  torch.cat([layer.bias for layer in layers]))
+        setattr(owner, name, cached)
+    return torch.addmm(cached[2], x, cached[1])

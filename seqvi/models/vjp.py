@@ -31,19 +31,20 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-# activation -> derivative as a function of (pre-activation a, output y)
-_DERIVATIVES: dict[type, Callable[[nn.Module, Tensor, Tensor], Tensor]] = {
-    nn.ReLU: lambda m, a, y: (y > 0).to(y.dtype),
-    nn.ELU: lambda m, a, y: torch.where(a > 0, 1.0, y + m.alpha),
-    nn.Tanh: lambda m, a, y: 1 - y * y,
-    nn.Sigmoid: lambda m, a, y: y * (1 - y),
-    nn.LeakyReLU: lambda m, a, y: torch.where(a > 0, 1.0, m.negative_slope),
+# activation -> g * act'(a), from (module, g, pre-activation a, output y): autograd's own backward kernels
+_VJPS: dict[type, Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor]] = {
+    nn.ReLU: lambda m, g, a, y: torch.ops.aten.threshold_backward(g, y, 0.0),
+    nn.ELU: lambda m, g, a, y: torch.ops.aten.elu_backward(g, m.alpha, 1.0, 1.0, True, y),
+    nn.Tanh: lambda m, g, a, y: torch.ops.aten.tanh_backward(g, y),
+    nn.Sigmoid: lambda m, g, a, y: torch.ops.aten.sigmoid_backward(g, y),
+    nn.LeakyReLU: lambda m, g, a, y: torch.ops.aten.leaky_relu_backward(g, a, m.negative_slope, False),
 }
 
 
 def register_derivative(module_type: type, derivative: Callable[[nn.Module, Tensor, Tensor], Tensor]) -> None:
-    """Let ``forward`` differentiate another pointwise activation: ``derivative(module, a, y)``."""
-    _DERIVATIVES[module_type] = derivative
+    """Let ``forward`` differentiate another pointwise activation: ``derivative(module, a, y)`` is
+    act'(a) (y = act(a))."""
+    _VJPS[module_type] = lambda m, g, a, y: g * derivative(m, a, y)
 
 
 class Tape:
@@ -62,7 +63,7 @@ class Tape:
                 g = g @ weight
             else:
                 a, y = self.records[i]
-                g = g * _DERIVATIVES[type(module)](module, a, y)
+                g = _VJPS[type(module)](module, g, a, y)
         if columns is not None and not (self.modules and isinstance(self.modules[0], nn.Linear)):
             g = g[:, columns]
         return g
@@ -78,7 +79,7 @@ def flatten(net: nn.Module) -> Optional[list[nn.Module]]:
                 return None
             out.extend(sub)
         return out
-    if isinstance(net, nn.Linear) or type(net) in _DERIVATIVES:
+    if isinstance(net, nn.Linear) or type(net) in _VJPS:
         return [net]
     return None
 
