@@ -253,17 +253,18 @@ def test_emission_gradient_by_hand_declines_unknown_layers():
 
 
 @pytest.mark.parametrize("model_name", sorted(SMALL))
-@pytest.mark.parametrize("iterations", [1, 3])
-def test_deferred_avf_update_gives_the_same_gradients(model_name, iterations):
+@pytest.mark.parametrize("iterations,layers,update", [(1, 2, "highway"), (1, 1, "sgd"), (3, 2, "highway")])
+def test_deferred_avf_update_gives_the_same_gradients(model_name, iterations, layers, update):
     """AVF in training with ``defer``: the update chain runs without a graph in the loop and is
-    back-propagated once, batched, after the loss (with K > 1 the earlier iterates' free
-    energies too): every parameter's gradient equals the engine's per-step path, where theta
-    learns from the final iterate and phi from every iterate."""
+    back-propagated once, batched, after the loss (K = 1: by hand through the kept activations,
+    seqvi.inference.avf_trace; K > 1: recomputed, with the earlier iterates' free energies):
+    every parameter's gradient equals the engine's per-step path, where theta learns from the
+    final iterate and phi from every iterate."""
     grads = {}
     for defer in (False, True):
         torch.manual_seed(0)
         model = MODELS[model_name](x_dim=D, likelihood="bernoulli", **SMALL[model_name])
-        avf = INFERENCE["avf"](model, hidden_size=16, iterations=iterations, layers=2)
+        avf = INFERENCE["avf"](model, hidden_size=16, iterations=iterations, layers=layers, update=update)
         x, mask = data()
         torch.manual_seed(5)
         terms = filter_sequence(model, avf, x, mask, defer=defer)

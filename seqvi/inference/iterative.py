@@ -64,6 +64,7 @@ from torch import Tensor, nn
 from torch.distributions import Normal
 
 from seqvi.free_energy import gaussian_kl, log_likelihood, standard_normal
+from seqvi.inference.avf_trace import trace_backward, traced_update
 from seqvi.inference.base import Inference, Posterior
 from seqvi.models.linear import Linear, fused_linear
 
@@ -126,7 +127,8 @@ class DeferredUpdate:
     """Records AVF's update inputs during one filtering pass; ``backward`` puts phi's gradient in place.
 
     Per step: (loc^0, logvar^0) and K gradients (g_loc^k, g_logvar^k), all (B, Z) and detached; the
-    noise eps^k (B, Z) of iterations 1..K-1 (for aux); the leaves (loc^K, logvar^K). ``attach``
+    noise eps^k (B, Z) of iterations 1..K-1 (for aux), or with K = 1 on CPU the update's activations
+    (``seqvi.inference.avf_trace``, back-propagated by hand instead of recomputed); the leaves (loc^K, logvar^K). ``attach``
     (from the fast loop) gives the rows of the real steps, their stacked states, priors and data.
     """
 
@@ -160,6 +162,11 @@ class DeferredUpdate:
         K = self.iterations
         leaf_grads = [rows([leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
                             for leaf in (pair[i] for pair in self.leaves)]) for i in (0, 1)]
+        if K == 1 and len(self.steps[0][3]) == 1:   # traced: back-propagate through the kept activations
+            trace = tuple(rows([s[3][0][i] for s in self.steps]) for i in range(len(self.steps[0][3][0])))
+            trace_backward(self.avf, trace, *leaf_grads)
+            self.steps, self.leaves, self.context = [], [], None
+            return
         loc, logvar = rows([s[0] for s in self.steps]), rows([s[1] for s in self.steps])
         iterates = []
         for k in range(K):
@@ -270,6 +277,10 @@ class AVF(Inference):
             grads.append((grad_loc, grad_logvar))
             if k > 0:
                 noises.append(eps)
+            if K == 1 and loc.device.type == "cpu":   # keep the activations: backward by hand (avf_trace)
+                loc, logvar, trace = traced_update(self, loc, logvar, grad_loc, grad_logvar)
+                noises.append(trace)
+                continue
             with torch.no_grad():
                 loc, logvar = self._update(loc, logvar, grad_loc, grad_logvar)
         loc, logvar = self._deferred.record((*start, grads, noises), loc, logvar)
@@ -295,11 +306,7 @@ class AVF(Inference):
         evaluation): the four heads as one product with a cached contiguous (H, 4Z) W^T, rebuilt
         when any head changes, the mixture and the clamps on [loc, logvar] at once. The same
         numbers up to float rounding; parameters stay the four ``Linear`` heads."""
-        z = loc.shape[1]
-        bounds = self._bounds
-        if bounds is None or bounds.shape[1] != 2 * z or bounds.dtype != h.dtype or bounds.device != h.device:
-            limits = torch.tensor([[-LOC_LIMIT, LOGVAR_MIN], [LOC_LIMIT, LOGVAR_MAX]], dtype=h.dtype, device=h.device)
-            bounds = self._bounds = limits.repeat_interleave(z, dim=1)          # (2, 2Z): low, high
+        bounds = self.update_bounds(loc.shape[1], h)
         heads = (self.loc_out, self.logvar_out, self.loc_gate, self.logvar_gate)
         out, gate = fused_linear(self, "_heads", heads, h).chunk(2, 1)          # (B, 2Z) each
         previous = torch.cat([loc, logvar], 1)
@@ -309,6 +316,15 @@ class AVF(Inference):
             new = (previous + out).addcmul_(torch.sigmoid(gate), torch.cat([g_loc, g_logvar], 1), value=-1.0)
         loc, logvar = torch.clamp(new, bounds[0], bounds[1]).chunk(2, 1)
         return loc.contiguous(), logvar.contiguous()
+
+    def update_bounds(self, z: int, like: Tensor) -> Tensor:
+        """(2, 2Z): the clamp's low and high bounds for [loc, logvar], on ``like``'s device and dtype."""
+        bounds = self._bounds
+        if bounds is None or bounds.shape[1] != 2 * z or bounds.dtype != like.dtype or bounds.device != like.device:
+            limits = torch.tensor([[-LOC_LIMIT, LOGVAR_MIN], [LOC_LIMIT, LOGVAR_MAX]], dtype=like.dtype,
+                                  device=like.device)
+            bounds = self._bounds = limits.repeat_interleave(z, dim=1)
+        return bounds
 
     def __getstate__(self) -> dict:   # copies and pickles leave the cache behind
         state = self.__dict__.copy()
