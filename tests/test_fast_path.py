@@ -370,3 +370,35 @@ def test_dmm_transition_without_graph_equals_with_graph():
         with torch.no_grad():
             model.transition.gate[0].weight.add_(0.3)
             model.transition.z_to_loc.bias.add_(0.3)
+
+
+def test_lstm_step_equals_lstm_cell_values_and_gradients():
+    """seqvi.models.lstm: a sequence of steps gives torch.lstm_cell's states and the same gradients
+    for x, h_0, c_0 and every weight (formed once, at the first step), with the last output unused
+    and a state re-indexed mid-sequence (a new tape); a pass that stops early leaves no residue."""
+    from seqvi.models.lstm import lstm_step
+
+    torch.manual_seed(0)
+    cell = torch.nn.LSTMCell(D, 5)
+    weights = [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
+    xs = [torch.randn(B, D, requires_grad=True) for _ in range(T)]
+    h_0, c_0 = torch.randn(B, 5, requires_grad=True), torch.randn(B, 5, requires_grad=True)
+    upstream = torch.randn(T, B, 5)
+    results = []
+    for ours in (True, False):
+        h, c, loss = h_0, c_0, 0.0
+        for t in range(T):
+            if t == 4:   # a particle re-index: new tensors, a new tape
+                h, c = h[torch.arange(B)], c[torch.arange(B)]
+            h, c = lstm_step(cell, xs[t], h, c, *weights) if ours else torch.lstm_cell(xs[t], (h, c), *weights)
+            if t < T - 1:
+                loss = loss + (h * upstream[t]).sum() + 0.5 * c.sum()
+        if ours:   # a pass that asks for x_6 only stops before the tape's first step (t = 4): no residue
+            torch.autograd.grad(loss, xs[6], retain_graph=True)
+        inputs = [*xs, h_0, c_0, *weights]
+        grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+        results.append((h.detach(), c.detach(), [torch.zeros_like(i) if g is None else g for g, i in zip(grads, inputs)]))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+    for a, b in zip(results[0][2], results[1][2]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

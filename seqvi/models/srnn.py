@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Normal
 
 from seqvi.models import vjp
+from seqvi.models.lstm import lstm_step
 from seqvi.models.base import LIKELIHOODS, EmissionHead, GaussianHead, SequentialModel, mlp
 
 
@@ -93,7 +94,7 @@ class SRNN(SequentialModel):
         # One cell step with the LSTM's own weights: nn.LSTM on a length-1 sequence goes through
         # oneDNN, whose per-call set-up made the backward ~3 ms per step (measured, B 16, H 300).
         rnn = self.rnn
-        return torch.lstm_cell(x, (d, c), rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+        return lstm_step(rnn, x, d, c, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
 
     def initial_state(self, batch_size: int) -> SRNNState:
         zeros = torch.zeros(batch_size, self.hidden_size, device=self.device)

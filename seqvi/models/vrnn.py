@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Normal
 
 from seqvi.models import vjp
+from seqvi.models.lstm import lstm_step
 from seqvi.models.base import LIKELIHOODS, EmissionHead, GaussianHead, SequentialModel, mlp
 
 
@@ -74,7 +75,9 @@ class VRNN(SequentialModel):
         return None if out is None else (out[0], tape.backward(out[1]))
 
     def advance(self, state: VRNNState, x: Tensor, z: Tensor) -> VRNNState:
-        h, c = self.rnn(torch.cat([self._embed(x), self.phi_z(z)], -1), (state.h, state.c))
+        rnn = self.rnn
+        h, c = lstm_step(rnn, torch.cat([self._embed(x), self.phi_z(z)], -1), state.h, state.c,
+                         rnn.weight_ih, rnn.weight_hh, rnn.bias_ih, rnn.bias_hh)
         return VRNNState(h, c)
 
     def features(self, x: Tensor, state: VRNNState) -> Tensor:
