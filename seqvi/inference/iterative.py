@@ -67,6 +67,7 @@ from seqvi.free_energy import gaussian_kl, log_likelihood, standard_normal
 from seqvi.inference.avf_trace import trace_backward, traced_update
 from seqvi.inference.base import Inference, Posterior
 from seqvi.models.linear import Linear, fused_linear
+from seqvi.models.lstm import inputs_only
 
 LOGVAR_MIN, LOGVAR_MAX = -15.0, 5.0
 LOC_LIMIT = 50.0      # |mu| bound of the AVF code's gradient inference
@@ -91,7 +92,7 @@ def free_energy_gradient(model: Any, x: Tensor, state: Any, p_z: Normal, loc: Te
     """
     scale = (0.5 * logvar).exp()
     noise = scale * (standard_normal(loc) if eps is None else eps)        # sigma * eps
-    by_hand = None if keep_graph else model.emission_recon_grad((loc + noise).detach(), state, x)
+    by_hand = None if keep_graph else model.emission_recon_grad((loc + noise).detach(), state, x, value=False)
     if by_hand is not None:
         recon, grad_z = by_hand
     else:
@@ -185,7 +186,8 @@ class DeferredUpdate:
             aux = aux.sum() * aux_weight
             # aux reaches earlier steps' leaves through the states: route that part through the chain too
             leaves = [leaf for pair in self.leaves for leaf in pair]
-            through = torch.autograd.grad(aux, leaves, retain_graph=True, allow_unused=True)
+            with inputs_only():
+                through = torch.autograd.grad(aux, leaves, retain_graph=True, allow_unused=True)
             extra = [rows([g if g is not None else torch.zeros_like(leaf)
                            for g, leaf in zip(through[i::2], leaves[i::2])]) for i in (0, 1)]
             grads = [grads[0] + extra[0], grads[1] + extra[1]]
@@ -269,7 +271,7 @@ class AVF(Inference):
         """The K iterations without a graph; lambda^K becomes a leaf of the recorder (module docstring).
         The noise is drawn in the same order as ``posterior``'s, so both give the same numbers."""
         start, grads, noises = (loc, logvar), [], []
-        p_values = Normal(p_z.loc.detach(), p_z.scale.detach(), validate_args=False)
+        p_values = Normal(p_z.loc.detach(), p_z.scale.detach(), validate_args=False) if K > 1 else p_z
         for k in range(K):
             eps = standard_normal(loc)
             grad_loc, grad_logvar, _ = free_energy_gradient(model, x, state, p_values, loc, logvar,

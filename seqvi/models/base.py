@@ -73,9 +73,10 @@ class SequentialModel(nn.Module):
         """For ``markov_in_z`` models: the state after a step that sampled z (B, Z)."""
         raise NotImplementedError
 
-    def emission_recon_grad(self, z: Tensor, state: Any, x: Tensor) -> tuple[Tensor, Tensor] | None:
+    def emission_recon_grad(self, z: Tensor, state: Any, x: Tensor, value: bool = True) -> tuple | None:
         """Optional: (-log p(x | z, state) (B,), its gradient in z (B, Z)), both without a graph,
-        computed by hand (``seqvi.models.vjp``). None (the default): AVF uses autograd."""
+        computed by hand (``seqvi.models.vjp``); the first is None unless ``value``. None (the
+        default): AVF uses autograd."""
         return None
 
     @property

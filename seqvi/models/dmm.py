@@ -110,8 +110,8 @@ class DMM(SequentialModel):
         return self.emitter(z)
 
     @torch.no_grad()
-    def emission_recon_grad(self, z: Tensor, state: DMMState, x: Tensor) -> tuple[Tensor, Tensor] | None:
-        return vjp.mlp_emission_grad(self.emitter[0], self.emitter[1], z, x)
+    def emission_recon_grad(self, z: Tensor, state: DMMState, x: Tensor, value: bool = True) -> tuple | None:
+        return vjp.mlp_emission_grad(self.emitter[0], self.emitter[1], z, x, value=value)
 
     def advance(self, state: DMMState, x: Tensor, z: Tensor) -> DMMState:
         return DMMState(z)

@@ -29,10 +29,25 @@ up to float rounding (tests/test_fast_path.py); on other devices callers use
 
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from contextvars import ContextVar
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor
+
+_INPUTS_ONLY: ContextVar[bool] = ContextVar("lstm_inputs_only", default=False)
+
+
+@contextlib.contextmanager
+def inputs_only() -> Iterator[None]:
+    """Within this block, backward passes form no LSTM weight gradients (a pass that asks for other
+    inputs only, e.g. AVF's deferred aux towards its leaves): autograd would discard them."""
+    token = _INPUTS_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _INPUTS_ONLY.reset(token)
 
 
 class Tape:
@@ -79,7 +94,7 @@ class _LSTMStep(torch.autograd.Function):
         d_x = d_gates @ w_ih if ctx.needs_input_grad[0] else None
         d_h_prev = d_gates @ w_hh
         tape, weights = ctx.tape, (None, None, None, None)
-        if any(ctx.needs_input_grad[3:7]):
+        if any(ctx.needs_input_grad[3:7]) and not _INPUTS_ONLY.get():
             tape.add(ctx.index, d_gates, x, h)
             if ctx.index == 0:                                                   # the sequence's first step: last here
                 g_ih, g_hh, g_b = tape.weight_grads()

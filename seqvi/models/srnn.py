@@ -108,10 +108,10 @@ class SRNN(SequentialModel):
         return self.dec_net(torch.cat([state.d, z], -1))
 
     @torch.no_grad()
-    def emission_recon_grad(self, z: Tensor, state: SRNNState, x: Tensor) -> tuple[Tensor, Tensor] | None:
+    def emission_recon_grad(self, z: Tensor, state: SRNNState, x: Tensor, value: bool = True) -> tuple | None:
         H = state.d.shape[1]
         return vjp.mlp_emission_grad(self.dec_net[0], self.dec_net[1], torch.cat([state.d, z], -1), x,
-                                     slice(H, H + z.shape[1]))
+                                     slice(H, H + z.shape[1]), value)
 
     def advance(self, state: SRNNState, x: Tensor, z: Tensor) -> SRNNState:
         d, c = self._step(x, state.d, state.c)

@@ -102,36 +102,37 @@ def forward(net: nn.Module, h: Tensor) -> Optional[tuple[Tensor, Tape]]:
 
 
 @torch.no_grad()
-def head_recon_grad(head: nn.Module, h: Tensor, x: Tensor) -> Optional[tuple[Tensor, Tensor]]:
+def head_recon_grad(head: nn.Module, h: Tensor, x: Tensor, value: bool = True) -> Optional[tuple]:
     """For ``seqvi.models.base.EmissionHead`` on features h (B, F) and data x (B, D):
-    (R = -log p(x | h) (B,), dR/dh (B, F)), or None for another head."""
+    (R = -log p(x | h) (B,), dR/dh (B, F)), or None for another head; R is None unless ``value``."""
     from seqvi.models.base import MIN_SCALE, EmissionHead
 
     if not isinstance(head, EmissionHead) or x.dim() != 2:
         return None
     if head.likelihood == "bernoulli":
         logits = head.logits(h)
-        recon = nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(1)
+        recon = nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(1) if value else None
         return recon, (torch.sigmoid(logits) - x) @ head.logits.weight
     gauss = head.gaussian
     loc, u = gauss.loc(h), gauss.scale(h)
     scale = nn.functional.softplus(u) + MIN_SCALE
     diff, inv = x - loc, scale.reciprocal()
     sq = (diff * inv).square()
-    recon = (scale.log() + 0.5 * sq + 0.5 * math.log(2 * math.pi)).sum(1)
+    recon = (scale.log() + 0.5 * sq + 0.5 * math.log(2 * math.pi)).sum(1) if value else None
     g_loc = -diff * inv * inv
     g_u = (inv - sq * inv) * torch.sigmoid(u)
     return recon, g_loc @ gauss.loc.weight + g_u @ gauss.scale.weight
 
 
 def mlp_emission_grad(body: nn.Module, head: nn.Module, inp: Tensor, x: Tensor,
-                      columns: Optional[slice] = None) -> Optional[tuple[Tensor, Tensor]]:
-    """(R (B,), dR/d(inp[:, columns])) for the emission head(body(inp)); None if unsupported."""
+                      columns: Optional[slice] = None, value: bool = True) -> Optional[tuple]:
+    """(R (B,), dR/d(inp[:, columns])) for the emission head(body(inp)); None if unsupported;
+    R is None unless ``value``."""
     fwd = forward(body, inp)
     if fwd is None:
         return None
     h, tape = fwd
-    out = head_recon_grad(head, h, x)
+    out = head_recon_grad(head, h, x, value)
     if out is None:
         return None
     recon, g_h = out

@@ -65,13 +65,13 @@ class VRNN(SequentialModel):
         return self.dec_net(torch.cat([self.phi_z(z), state.h], -1))
 
     @torch.no_grad()
-    def emission_recon_grad(self, z: Tensor, state: VRNNState, x: Tensor) -> tuple[Tensor, Tensor] | None:
+    def emission_recon_grad(self, z: Tensor, state: VRNNState, x: Tensor, value: bool = True) -> tuple | None:
         phi = vjp.forward(self.phi_z, z)
         if phi is None:
             return None
         phi_z, tape = phi
         out = vjp.mlp_emission_grad(self.dec_net[0], self.dec_net[1], torch.cat([phi_z, state.h], -1), x,
-                                    slice(0, phi_z.shape[1]))
+                                    slice(0, phi_z.shape[1]), value)
         return None if out is None else (out[0], tape.backward(out[1]))
 
     def advance(self, state: VRNNState, x: Tensor, z: Tensor) -> VRNNState:
