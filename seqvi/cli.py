@@ -134,8 +134,13 @@ def train(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 reports
     rate = result.train_steps / max(result.seconds, 1e-9)
-    console.print(f"trained to epoch {result.epoch} (step {result.step}) in {result.seconds:.1f} s, "
-                  f"{rate:,.0f} time steps/s; valid {result.last_valid:.4f} nats/step, best {result.best_valid:.4f}")
+    if result.train_steps == 0 and result.last_valid == float("inf"):   # a finished run, re-run as it was
+        console.print(f"already trained to epoch {result.epoch} (step {result.step}), nothing to do "
+                      f"(raise train.epochs to extend); best valid {result.best_valid:.4f} nats/step")
+    else:
+        console.print(f"trained to epoch {result.epoch} (step {result.step}) in {result.seconds:.1f} s, "
+                      f"{rate:,.0f} time steps/s; valid {result.last_valid:.4f} nats/step, "
+                      f"best {result.best_valid:.4f}")
     console.print(f"run: {target}  (checkpoints in {target / 'checkpoints'})")
 
 

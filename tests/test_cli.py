@@ -141,3 +141,18 @@ def test_bad_recipe_key_and_corrupt_checkpoint(tmp_path, tiny_store):
     assert "Traceback" not in result.output
     result = run("--debug", "eval", "--checkpoint", bad)
     assert result.exit_code != 2 and result.exception is not None  # --debug lets the traceback through
+
+
+def test_train_again_on_a_finished_run_says_so(tmp_path, tiny_store):
+    """Re-running a finished run trains nothing and says how to extend it (no 'valid inf')."""
+    import yaml
+
+    from conftest import tiny_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tiny_store, epochs=1)))
+    first = run("train", recipe, "--run-dir", tmp_path / "run")
+    assert first.exit_code == 0 and "trained to epoch 1" in first.output
+    again = run("train", recipe, "--run-dir", tmp_path / "run")
+    assert again.exit_code == 0, again.output
+    assert "already trained to epoch 1" in again.output and "inf" not in again.output
