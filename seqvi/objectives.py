@@ -83,9 +83,8 @@ def filter_sequence(model: Any, inference: Any, x: Tensor, mask: Tensor,
     batch, steps = mask.shape
     state = model.initial_state(batch)
     q_state = inference.initial_state(batch, x, mask)
-    deferring = contextlib.nullcontext() if not (defer and hasattr(inference, "deferred_update")) \
-        else inference.deferred_update()
-    with deferring as deferred:
+    deferrable = defer and hasattr(inference, "deferred_update")
+    with inference.deferred_update() if deferrable else contextlib.nullcontext() as deferred:
         states, locs, scales, zs, aux = _sample_path(model, inference, x, state, q_state)
     # Everything below sees the real steps only, as rows b * T + t.
     keep = _real_rows(mask)

@@ -1,4 +1,8 @@
-"""AVF's one-iteration update with its activations kept, and its backward by hand.
+"""AVF's graph-free update with its activations kept, and its backward by hand.
+
+``traced_update`` is also how AVF updates wherever nothing records a graph
+on CPU (evaluation, the deferred loop): the four heads as one product
+(``fused_linear``), the highway mixture as one ``lerp``, one clamp.
 
 AVF(1) in training defers its update (``seqvi.inference.iterative``): inside
 the loop lambda = f_phi(u) runs without a graph; after the loss's backward
@@ -27,6 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from seqvi.models.linear import fused_linear
+
 _elu_backward = torch.ops.aten.elu_backward
 _sigmoid_backward = torch.ops.aten.sigmoid_backward
 
@@ -40,8 +46,7 @@ def traced_update(avf: Any, loc: Tensor, logvar: Tensor, g_loc: Tensor, g_logvar
                   ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
     """``avf._update`` without a graph -> (loc, logvar, trace); ``trace`` is a flat tuple of (B, .)
     tensors (so a caller can stack it over steps) for ``trace_backward``."""
-    from seqvi.inference.iterative import layer_norm
-    from seqvi.models.linear import fused_linear
+    from seqvi.inference.iterative import layer_norm   # here: iterative imports this module
 
     u = layer_norm(torch.stack([g_loc, g_logvar, loc, logvar], 1)).flatten(1)      # (B, 4Z)
     h = avf.input(u)                                                              # (B, H), ELU output

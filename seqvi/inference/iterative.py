@@ -57,7 +57,7 @@ layer is a plain ELU layer, the following ones highway layers.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
@@ -66,7 +66,7 @@ from torch.distributions import Normal
 from seqvi.free_energy import gaussian_kl, log_likelihood, standard_normal
 from seqvi.inference.avf_trace import trace_backward, traced_update
 from seqvi.inference.base import Inference, Posterior
-from seqvi.models.linear import Linear, fused_linear
+from seqvi.models.linear import Linear
 from seqvi.models.lstm import inputs_only
 
 LOGVAR_MIN, LOGVAR_MAX = -15.0, 5.0
@@ -119,23 +119,29 @@ class HighwayLayer(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         g = torch.sigmoid(self.gate(h))
-        if not torch.is_grad_enabled():   # the same mixture in one operator
-            return torch.lerp(nn.functional.elu(self.transform(h)), h, g)
         return g * h + (1 - g) * nn.functional.elu(self.transform(h))
+
+
+class DeferredStep(NamedTuple):
+    """What one loop step leaves for ``DeferredUpdate.backward``; every tensor (B, .) and detached."""
+    loc: Tensor                          # lambda^0: the prior's parameters
+    logvar: Tensor
+    grads: list[tuple[Tensor, Tensor]]   # (g_loc^k, g_logvar^k), k = 0 .. K-1
+    noises: list[Tensor]                 # eps^k of iterations 1 .. K-1 (aux)
+    trace: Optional[tuple[Tensor, ...]]  # K = 1 on CPU: the update's activations (avf_trace)
 
 
 class DeferredUpdate:
     """Records AVF's update inputs during one filtering pass; ``backward`` puts phi's gradient in place.
 
-    Per step: (loc^0, logvar^0) and K gradients (g_loc^k, g_logvar^k), all (B, Z) and detached; the
-    noise eps^k (B, Z) of iterations 1..K-1 (for aux), or with K = 1 on CPU the update's activations
-    (``seqvi.inference.avf_trace``, back-propagated by hand instead of recomputed); the leaves (loc^K, logvar^K). ``attach``
-    (from the fast loop) gives the rows of the real steps, their stacked states, priors and data.
+    Per step a ``DeferredStep`` and the leaves (loc^K, logvar^K); ``attach`` (from the fast loop)
+    gives the rows of the real steps, their stacked states, priors and data. A traced step (K = 1 on
+    CPU) is back-propagated by hand (``seqvi.inference.avf_trace``), the others recomputed.
     """
 
     def __init__(self, avf: "AVF", iterations: int):
         self.avf, self.iterations = avf, iterations
-        self.steps: list[tuple] = []     # per step (loc0, logvar0, [(g_loc, g_logvar)] * K, [eps] * (K-1))
+        self.steps: list[DeferredStep] = []
         self.leaves: list[tuple[Tensor, Tensor]] = []
         self.context: tuple | None = None
 
@@ -144,7 +150,7 @@ class DeferredUpdate:
         """aux (K > 1) differentiates through the loop's states: the loss's graph must survive its backward."""
         return self.iterations > 1
 
-    def record(self, step: tuple, loc: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor]:
+    def record(self, step: DeferredStep, loc: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor]:
         loc, logvar = loc.requires_grad_(True), logvar.requires_grad_(True)
         self.steps.append(step)
         self.leaves.append((loc, logvar))
@@ -163,15 +169,16 @@ class DeferredUpdate:
         K = self.iterations
         leaf_grads = [rows([leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
                             for leaf in (pair[i] for pair in self.leaves)]) for i in (0, 1)]
-        if K == 1 and len(self.steps[0][3]) == 1:   # traced: back-propagate through the kept activations
-            trace = tuple(rows([s[3][0][i] for s in self.steps]) for i in range(len(self.steps[0][3][0])))
-            trace_backward(self.avf, trace, *leaf_grads)
+        if self.steps[0].trace is not None:   # back-propagate through the kept activations
+            traces = [s.trace for s in self.steps]
+            trace_backward(self.avf, tuple(rows([t[i] for t in traces]) for i in range(len(traces[0]))),
+                           *leaf_grads)
             self.steps, self.leaves, self.context = [], [], None
             return
-        loc, logvar = rows([s[0] for s in self.steps]), rows([s[1] for s in self.steps])
+        loc, logvar = rows([s.loc for s in self.steps]), rows([s.logvar for s in self.steps])
         iterates = []
         for k in range(K):
-            g_loc, g_logvar = rows([s[2][k][0] for s in self.steps]), rows([s[2][k][1] for s in self.steps])
+            g_loc, g_logvar = rows([s.grads[k][0] for s in self.steps]), rows([s.grads[k][1] for s in self.steps])
             loc, logvar = self.avf._update(loc, logvar, g_loc, g_logvar)     # (N, Z), graph to phi
             iterates.append((loc, logvar))
         outputs, grads = [loc, logvar], list(leaf_grads)
@@ -180,7 +187,7 @@ class DeferredUpdate:
             for k in range(1, K):
                 loc_k, logvar_k = iterates[k - 1]
                 scale_k = (0.5 * logvar_k).exp()
-                z_k = loc_k + scale_k * rows([s[3][k - 1] for s in self.steps])
+                z_k = loc_k + scale_k * rows([s.noises[k - 1] for s in self.steps])
                 aux = aux + (-log_likelihood(model.emission(z_k, state), x)
                              + gaussian_kl(Normal(loc_k, scale_k, validate_args=False), p_z))
             aux = aux.sum() * aux_weight
@@ -216,8 +223,7 @@ class AVF(Inference):
         self.iterations, self.update = iterations, update
         self.eval_iterations: Optional[int] = None     # set by `seqvi eval --iterations`
         self._deferred: Optional[DeferredUpdate] = None
-        self._heads: Optional[tuple] = None           # see _update_no_graph
-        self._bounds: Optional[Tensor] = None
+        self._bounds: Optional[Tensor] = None         # see update_bounds
         self.input = nn.Sequential(Linear(4 * z, hidden_size), nn.ELU())
         self.highway = nn.Sequential(*[HighwayLayer(hidden_size) for _ in range(layers - 1)])
         self.loc_out = Linear(hidden_size, z)
@@ -270,29 +276,27 @@ class AVF(Inference):
                             loc: Tensor, logvar: Tensor, K: int) -> Posterior:
         """The K iterations without a graph; lambda^K becomes a leaf of the recorder (module docstring).
         The noise is drawn in the same order as ``posterior``'s, so both give the same numbers."""
-        start, grads, noises = (loc, logvar), [], []
-        p_values = Normal(p_z.loc.detach(), p_z.scale.detach(), validate_args=False) if K > 1 else p_z
-        for k in range(K):
+        start, grads, noises, trace = (loc, logvar), [], [], None
+        for k in range(K):   # p_z has no graph here (prior_graph is False while deferring)
             eps = standard_normal(loc)
-            grad_loc, grad_logvar, _ = free_energy_gradient(model, x, state, p_values, loc, logvar,
+            grad_loc, grad_logvar, _ = free_energy_gradient(model, x, state, p_z, loc, logvar,
                                                             at_prior=k == 0, eps=eps)
             grads.append((grad_loc, grad_logvar))
             if k > 0:
                 noises.append(eps)
             if K == 1 and loc.device.type == "cpu":   # keep the activations: backward by hand (avf_trace)
                 loc, logvar, trace = traced_update(self, loc, logvar, grad_loc, grad_logvar)
-                noises.append(trace)
-                continue
-            with torch.no_grad():
-                loc, logvar = self._update(loc, logvar, grad_loc, grad_logvar)
-        loc, logvar = self._deferred.record((*start, grads, noises), loc, logvar)
+            else:
+                with torch.no_grad():
+                    loc, logvar = self._update(loc, logvar, grad_loc, grad_logvar)
+        loc, logvar = self._deferred.record(DeferredStep(*start, grads, noises, trace), loc, logvar)
         return Posterior(Normal(loc, (0.5 * logvar).exp(), validate_args=False), q_state)
 
     def _update(self, loc: Tensor, logvar: Tensor, g_loc: Tensor, g_logvar: Tensor) -> tuple[Tensor, Tensor]:
+        if not torch.is_grad_enabled() and loc.device.type == "cpu":   # fused graph-free form (avf_trace)
+            return traced_update(self, loc, logvar, g_loc, g_logvar)[:2]
         u = layer_norm(torch.stack([g_loc, g_logvar, loc, logvar], 1)).flatten(1)   # (B, 4Z), each part normalized
         h = self.highway(self.input(u))                                        # (B, H)
-        if not torch.is_grad_enabled() and h.device.type == "cpu":
-            return self._update_no_graph(h, loc, logvar, g_loc, g_logvar)
         if self.update == "highway":
             s_loc, s_lv = torch.sigmoid(self.loc_gate(h)), torch.sigmoid(self.logvar_gate(h))
             loc = s_loc * loc + (1 - s_loc) * self.loc_out(h)
@@ -301,23 +305,6 @@ class AVF(Inference):
             loc = loc - torch.sigmoid(self.loc_gate(h)) * g_loc + self.loc_out(h)
             logvar = logvar - torch.sigmoid(self.logvar_gate(h)) * g_logvar + self.logvar_out(h)
         return loc.clamp(-LOC_LIMIT, LOC_LIMIT), logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
-
-    def _update_no_graph(self, h: Tensor, loc: Tensor, logvar: Tensor, g_loc: Tensor,
-                         g_logvar: Tensor) -> tuple[Tensor, Tensor]:
-        """``_update``'s arithmetic where nothing records a graph (the loop's deferred update,
-        evaluation): the four heads as one product with a cached contiguous (H, 4Z) W^T, rebuilt
-        when any head changes, the mixture and the clamps on [loc, logvar] at once. The same
-        numbers up to float rounding; parameters stay the four ``Linear`` heads."""
-        bounds = self.update_bounds(loc.shape[1], h)
-        heads = (self.loc_out, self.logvar_out, self.loc_gate, self.logvar_gate)
-        out, gate = fused_linear(self, "_heads", heads, h).chunk(2, 1)          # (B, 2Z) each
-        previous = torch.cat([loc, logvar], 1)
-        if self.update == "highway":
-            new = torch.lerp(out, previous, torch.sigmoid(gate))
-        else:
-            new = (previous + out).addcmul_(torch.sigmoid(gate), torch.cat([g_loc, g_logvar], 1), value=-1.0)
-        loc, logvar = torch.clamp(new, bounds[0], bounds[1]).chunk(2, 1)
-        return loc.contiguous(), logvar.contiguous()
 
     def update_bounds(self, z: int, like: Tensor) -> Tensor:
         """(2, 2Z): the clamp's low and high bounds for [loc, logvar], on ``like``'s device and dtype."""
@@ -328,7 +315,3 @@ class AVF(Inference):
             bounds = self._bounds = limits.repeat_interleave(z, dim=1)
         return bounds
 
-    def __getstate__(self) -> dict:   # copies and pickles leave the cache behind
-        state = self.__dict__.copy()
-        state["_heads"] = state["_bounds"] = None
-        return state

@@ -78,11 +78,6 @@ class GatedTransition(nn.Module):
         scale = nn.functional.softplus(self.z_to_scale(torch.relu(proposed))).add_(MIN_SCALE)
         return Normal(loc, scale, validate_args=False)
 
-    def __getstate__(self) -> dict:   # copies and pickles leave the cache behind
-        state = self.__dict__.copy()
-        state.pop("_first", None)
-        return state
-
 
 class DMM(SequentialModel):
     stack_steps = True

@@ -19,7 +19,7 @@ their concatenated W^T, cached on the module that owns them.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -28,22 +28,24 @@ from torch import Tensor, nn
 SMALL_BATCH = 32   # rows up to which the W^T copy paid; at 64 and 1,024 rows evaluation measured no gain
 
 
-class Linear(nn.Linear):
-    _transposed: tuple[int, int, Tensor] | None = None   # (weight data_ptr, weight version, W^T)
+def versioned(owner: nn.Module, name: str, params: Sequence[Tensor], build: Callable[[], Any]) -> Any:
+    """``build()``, cached on ``owner`` as attribute ``name`` until any of ``params`` changes
+    (storage or version counter: optimizer steps and ``load_state_dict`` bump it)."""
+    key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
+    cached = getattr(owner, name, None)
+    if cached is None or cached[0] != key:
+        cached = (key, build())
+        setattr(owner, name, cached)
+    return cached[1]
 
+
+class Linear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         weight = self.weight
-        if x.dim() != 2 or x.shape[0] > SMALL_BATCH or weight.device.type != "cpu" or (
+        if x.dim() != 2 or x.shape[0] > SMALL_BATCH or weight.device.type != "cpu" or self.bias is None or (
                 torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad)):
             return nn.functional.linear(x, weight, self.bias)
-        key = (weight.data_ptr(), weight._version)
-        cached = self._transposed
-        if cached is None or cached[:2] != key or cached[2].dtype != weight.dtype:
-            cached = (*key, weight.detach().t().contiguous())
-            self._transposed = cached
-        if self.bias is None:
-            return x @ cached[2]
-        return torch.addmm(self.bias, x, cached[2])
+        return fused_linear(self, "_transposed", (self,), x)
 
     def __getstate__(self) -> dict:   # copies and pickles leave the cache behind
         state = self.__dict__.copy()
@@ -52,15 +54,10 @@ class Linear(nn.Linear):
 
 
 def fused_linear(owner: nn.Module, name: str, layers: Sequence[nn.Linear], x: Tensor) -> Tensor:
-    """[x W_1^T + b_1, ..., x W_n^T + b_n] (B, sum of outputs) as one product, for graph-free CPU use.
-
-    The concatenated (in, sum of outputs) W^T and bias are cached on ``owner`` as attribute ``name``
-    and rebuilt whenever any of the layers' parameters changes (storage or version counter).
-    """
-    key = tuple((p.data_ptr(), p._version) for layer in layers for p in (layer.weight, layer.bias))
-    cached = getattr(owner, name, None)
-    if cached is None or cached[0] != key or cached[1].dtype != x.dtype:
-        cached = (key, torch.cat([layer.weight for layer in layers]).t().contiguous(),
-                  torch.cat([layer.bias for layer in layers]))
-        setattr(owner, name, cached)
-    return torch.addmm(cached[2], x, cached[1])
+    """[x W_1^T + b_1, ..., x W_n^T + b_n] (B, sum of outputs) as one product, for graph-free CPU use,
+    with the concatenated (in, sum of outputs) W^T and bias ``versioned`` on ``owner`` as ``name``."""
+    params = [p for layer in layers for p in (layer.weight, layer.bias)]
+    weight_t, bias = versioned(owner, name, params, lambda: (
+        torch.cat([layer.weight.detach() for layer in layers]).t().contiguous(),
+        torch.cat([layer.bias.detach() for layer in layers])))
+    return torch.addmm(bias, x, weight_t)

@@ -37,6 +37,8 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor
 
+from seqvi.models.linear import versioned
+
 _INPUTS_ONLY: ContextVar[bool] = ContextVar("lstm_inputs_only", default=False)
 
 
@@ -112,12 +114,9 @@ def lstm_step(owner: torch.nn.Module, x: Tensor, h: Tensor, c: Tensor, w_ih: Ten
     versions = (w_ih._version, w_hh._version)
     tape: Optional[Tape] = getattr(h, "_seqvi_lstm_tape", None)
     if tape is None or tape.versions != versions:
-        key = (w_ih.data_ptr(), w_hh.data_ptr(), *versions)
-        cached = getattr(owner, "_seqvi_lstm_t", None)
-        if cached is None or cached[0] != key or cached[1].dtype != w_ih.dtype:
-            cached = (key, w_ih.detach().t().contiguous(), w_hh.detach().t().contiguous())
-            owner._seqvi_lstm_t = cached
-        tape = Tape(cached[1], cached[2], versions)
+        w_ih_t, w_hh_t = versioned(owner, "_seqvi_lstm_t", (w_ih, w_hh), lambda: (
+            w_ih.detach().t().contiguous(), w_hh.detach().t().contiguous()))
+        tape = Tape(w_ih_t, w_hh_t, versions)
     h_new, c_new = _LSTMStep.apply(x, h, c, w_ih, w_hh, b_ih, b_hh, tape, tape.steps)
     tape.steps += 1
     h_new._seqvi_lstm_tape = tape
