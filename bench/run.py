@@ -61,9 +61,10 @@ from seqvi.data.store import Store  # noqa: E402
 from seqvi.engine.distributed import Dist  # noqa: E402
 from seqvi.engine.evaluate import evaluate  # noqa: E402
 from seqvi.engine.setup import DataSpec, build  # noqa: E402
-from seqvi.engine.train import _step  # noqa: E402
+from seqvi.data.batches import Batch  # noqa: E402
+from seqvi.engine.train import Trainee, train_step  # noqa: E402
 from seqvi.free_energy import noise_shard  # noqa: E402
-from seqvi.objectives import kl_weight, particle_bound  # noqa: E402
+from seqvi.objectives import BOUNDS, Objective, kl_weight, particle_bound  # noqa: E402
 
 from bench.plain_dmm import PlainDMM, train_epoch  # noqa: E402
 
@@ -155,7 +156,7 @@ def build_pair(recipe_path: Path, overrides: list[str], spec: DataSpec):
 
 
 class Trainer:
-    """seqvi's own training step (``seqvi.engine.train._step`` + Adam), on batches from the store."""
+    """seqvi's own training step (``seqvi.engine.train.train_step`` + Adam), on batches from the store."""
 
     def __init__(self, recipe, model, inference, split):
         self.recipe, self.model, self.inference, self.split = recipe, model, inference, split
@@ -171,15 +172,15 @@ class Trainer:
         return epoch_order(self.split, d.batch_size, self.recipe.seed, epoch, d.min_length, d.bucket)
 
     def batch(self, epoch: int, b: int, indices: np.ndarray):
-        return crop_batch(self.split, indices, self.recipe.data.crop_length, self.recipe.seed, epoch, b)
+        return crop_batch(self.split, indices, self.recipe.data.crop_length, self.recipe.seed, epoch, b)[:2]
 
     def step(self, x, mask, beta: float) -> int:
         with noise_shard(torch.arange(x.shape[0]), x.shape[0]):
-            _, steps, finite = _step(self.model, self.inference, x, mask, "elbo", 1, beta, self.phi, self.params,
-                                     Dist(), self.recipe.train.clip_grad)
-        if finite:
+            stats = train_step(Trainee(self.model, self.inference, self.params), Batch(x, mask),
+                               Objective(BOUNDS["elbo"], 1, beta), Dist(), self.recipe.train.clip_grad)
+        if stats.finite:
             self.optimizer.step()
-        return steps
+        return stats.steps
 
     def run_epoch(self) -> int:
         """One epoch exactly as ``seqvi train`` runs it (reading the store included); real steps."""
@@ -200,7 +201,7 @@ def plain_free_energy(plain: PlainDMM, split, batch_size: int = 64, seed: int = 
     total, steps = 0.0, 0
     with torch.no_grad(), torch.random.fork_rng():
         torch.manual_seed(seed)
-        for _, x, mask in whole_batches(split, batch_size):
+        for x, mask, *_ in whole_batches(split, batch_size):
             total += float(plain.free_energy(x, mask)[1])
             steps += int(mask.sum())
     return total / steps
@@ -399,7 +400,7 @@ def bench_avf(args, spec: DataSpec, store: Store) -> dict:
 def bench_bounds(args, spec: DataSpec, store: Store) -> dict:
     recipe, model, inference = build_pair(RECIPES / "vrnn_bach.yaml", [], spec)
     valid = store.split("valid")
-    batches = [(x, m) for _, x, m in whole_batches(valid, recipe.data.eval_batch_size)]
+    batches = [(b.x, b.mask) for b in whole_batches(valid, recipe.data.eval_batch_size)]
     model.eval()
     inference.eval()
 

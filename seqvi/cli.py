@@ -157,54 +157,24 @@ def eval_(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run directo
           device: str = DeviceOpt, threads: Optional[int] = ThreadsOpt,
           seed: int = typer.Option(0, "--seed", help="Seed for the posterior samples.")) -> None:
     """Free energy of a split per time step (nats/step, nats/sequence), optional bounds and gap."""
-    from seqvi.engine.evaluate import evaluate as run_evaluate
+    from seqvi.engine.evaluate import evaluate_run
     from seqvi.engine.run import load_run
-    from seqvi.engine.runs import write_text_atomic
     from seqvi.engine.setup import configure_threads
-    from seqvi.objectives import BOUNDS
-    from seqvi.report import console, eval_table, plot_free_energy
+    from seqvi.report import console, eval_table, iteration_table, plot_free_energy, plot_iterations
 
-    choices = {"none": (), "all": tuple(BOUNDS), **{b: (b,) for b in BOUNDS}}
-    if bound not in choices:
-        raise SeqviError(f"--bound {bound}: expected one of {', '.join(choices)}")
     configure_threads(threads)
     run = load_run(checkpoint, device)
-    if iterations is not None:
-        if not run.inference.iterative:
-            raise SeqviError(f"--iterations: the run's inference '{run.recipe.inference['name']}' is not iterative")
-        run.inference.eval_iterations = iterations
-    with run.open_store() as store:
-        result = run_evaluate(run.model, run.inference, store.split(split), split, device=run.device,
-                              batch_size=run.recipe.data.eval_batch_size, seed=seed, bounds=choices[bound],
-                              particles=particles, refine={"steps": refine, "lr": refine_lr} if refine else None,
-                              bin_width=store.attrs.get("bin_width"))
+    out = evaluate_run(run, split, bound=bound, particles=particles, iterations=iterations, refine_steps=refine,
+                       refine_lr=refine_lr, seed=seed, json_out=json_out)
+    result = out["result"]
     console.print(eval_table(result, per_step))
-    payload = {**result.to_dict(), "checkpoint": str(run.checkpoint), "epoch": run.epoch, "step": run.step,
-               "dataset": run.spec.dataset, "seed": seed, "particles": particles,
-               "iterations": iterations, "refine_steps": refine}
-    text = json.dumps(payload, indent=1)
-    out = run.run_dir / "eval" / f"{split}.json"
-    write_text_atomic(out, text)
-    if json_out:
-        write_text_atomic(json_out, text)
     plot = plot_free_energy(result, run.run_dir / "eval" / f"{split}.png")
-    if run.inference.iterative:
-        from seqvi.engine.iterations import iteration_curve
-        from seqvi.report import iteration_table, plot_iterations
-
-        with run.open_store() as store:
-            curve = iteration_curve(run.model, run.inference, store.split(split),
-                                    iterations=iterations or max(run.inference.iterations, 5),
-                                    batch_size=run.recipe.data.eval_batch_size, device=run.device, seed=seed)
-        console.print(iteration_table(curve, split))
-        payload["iteration_curve"] = curve.tolist()
-        write_text_atomic(out, json.dumps(payload, indent=1))
-        if json_out:
-            write_text_atomic(json_out, json.dumps(payload, indent=1))
-        console.print(f"iterations plot: {plot_iterations(curve, run.run_dir / 'eval' / f'{split}_iterations.png')}")
+    if out["curve"] is not None:
+        console.print(iteration_table(out["curve"], split))
+        console.print(f"iterations plot: {plot_iterations(out['curve'], run.run_dir / 'eval' / f'{split}_iterations.png')}")
     console.print(f"{split}: {result.nats_per_step:.4f} nats/step, {result.nats_per_sequence:.2f} nats/sequence "
                   f"({result.num_sequences} sequences, {result.steps} steps)")
-    console.print(f"results: {out}\nplot: {plot}")
+    console.print(f"results: {out['json']}\nplot: {plot}")
 
 
 @command

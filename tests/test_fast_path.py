@@ -1,14 +1,19 @@
-"""The speed paths compute the same numbers as the straightforward ones.
+"""The speed kernels compute the reference path's numbers, values and gradients (seqvi.nn's switch).
 
-* the fast filtering loop (terms after the loop, on stacked states) against the eager loop,
-  for every stackable model and every inference that fits it, values and gradients;
-* IWAE with stacked log-weights against the per-step particle loop;
-* the combiner's precomputed forward RNN against stepping its cell;
-* AVF's hand-differentiated gradient input against autograd through F_t;
-* SRNN's cell step against its nn.LSTM;
-* bucketed batch orders: a pure function of (seed, epoch), every sequence once, less padding;
-* noise under a whole-batch shard equals plain draws (so single-process runs keep their numbers).
+* the whole filtering pass (stacked rows, the combiner's kernel, AVF's taped chain, the LSTM and
+  Elman kernels, graph-free products) against the reference path, for every model and inference;
+* the particle bounds (stacked IWAE against the per-step loop);
+* each kernel against its reference: Linear/Fused, the LSTM step, the Elman RNN, the highway
+  network (forward, replay from kept activations, backward by hand), the MLP input gradient;
+* AVF's gradient input (by hand) against autograd; the emission's z-gradient against autograd
+  for every registered model;
+* the switch itself: SEQVI_REFERENCE=1 and ``reference()``;
+* bucketed batch orders and whole-batch noise shards (no change of numbers).
 """
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,11 +22,11 @@ from torch.distributions import Normal
 
 from seqvi.data.batches import epoch_order
 from seqvi.errors import RecipeError
-from seqvi.free_energy import noise_shard, reparameterize, step_free_energy
+from seqvi.free_energy import free_energy_at, free_energy_gradient, noise_shard, reparameterize
 from seqvi.inference import INFERENCE
-from seqvi.inference.iterative import free_energy_gradient
 from seqvi.models import MODELS
-from seqvi.objectives import _filter_eager, filter_sequence, particle_bound, training_loss
+from seqvi.nn import reference, reference_forced
+from seqvi.objectives import filter_sequence, particle_bound, training_loss
 
 B, T, D = 4, 9, 6
 SMALL = {
@@ -29,15 +34,20 @@ SMALL = {
     "srnn": dict(hidden_size=8, z_size=3, dense_size=6, decoder_layers=2),
     "dmm": dict(z_size=3, emission_size=6, transition_size=6),
 }
-INF = {"direct": dict(hidden_sizes=[6]), "avf": dict(hidden_size=16, iterations=2), "combiner": dict(rnn_size=6),
-       "smoothing": dict(hidden_size=5, dense_size=6)}
+INF = {"direct": ("direct", dict(hidden_sizes=[6])),
+       "avf1": ("avf", dict(hidden_size=16, iterations=1)),
+       "avf3": ("avf", dict(hidden_size=16, iterations=3)),
+       "avf2-sgd-1layer": ("avf", dict(hidden_size=16, iterations=2, layers=1, update="sgd")),
+       "combiner": ("combiner", dict(rnn_size=6)),
+       "smoothing": ("smoothing", dict(hidden_size=5, dense_size=6))}
 
 
-def build(model_name, inf_name, seed=0):
+def build(model_name, inf_key, seed=0):
     torch.manual_seed(seed)
     model = MODELS[model_name](x_dim=D, likelihood="bernoulli", **SMALL[model_name])
+    name, kwargs = INF[inf_key]
     try:
-        return model, INFERENCE[inf_name](model, **INF[inf_name])
+        return model, INFERENCE[name](model, **kwargs)
     except RecipeError as err:
         pytest.skip(str(err))
 
@@ -51,78 +61,100 @@ def data(seed=3):
     return x, mask
 
 
-def run(model, inference, x, mask, fast, seed=5):
-    torch.manual_seed(seed)
-    terms = filter_sequence(model, inference, x, mask, fast=fast)
-    loss = training_loss(terms, kl_weight=0.7)
-    if terms.aux is not None:
-        loss = loss + terms.aux.sum()
-    params = [p for p in list(model.parameters()) + list(inference.parameters()) if p.requires_grad]
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
+def run(model, inference, x, mask, reference_path, seed=5):
+    """Training loss (free energy, KL weight 0.7, q's aux) and every parameter's gradient."""
+    with reference(reference_path):
+        torch.manual_seed(seed)
+        terms = filter_sequence(model, inference, x, mask)
+        params = [p for p in list(model.parameters()) + list(inference.parameters()) if p.requires_grad]
+        grads = torch.autograd.grad(training_loss(terms, kl_weight=0.7), params, allow_unused=True)
     return terms, [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
 
 @pytest.mark.parametrize("model_name", sorted(SMALL))
-@pytest.mark.parametrize("inf_name", sorted(INF))
-def test_fast_loop_equals_eager_loop(model_name, inf_name):
-    model, inference = build(model_name, inf_name)
-    assert model.stack_steps
+@pytest.mark.parametrize("inf_key", sorted(INF))
+def test_kernels_equal_the_reference_path(model_name, inf_key):
+    model, inference = build(model_name, inf_key)
+    assert model.rowwise
     x, mask = data()
-    eager, g_eager = run(model, inference, x, mask, fast=False)
-    fast, g_fast = run(model, inference, x, mask, fast=True)
+    ref, g_ref = run(model, inference, x, mask, True)
+    fast, g_fast = run(model, inference, x, mask, False)
     for name in ("recon", "kl", "aux"):
-        a, b = getattr(eager, name), getattr(fast, name)
+        a, b = getattr(ref, name), getattr(fast, name)
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    assert (fast.aux is not None) == (inf_key == "avf3" or inf_key.startswith("avf2"))
     assert torch.all(fast.recon[mask == 0] == 0) and torch.all(fast.kl[mask == 0] == 0)
-    for a, b in zip(g_eager, g_fast):
+    for a, b in zip(g_ref, g_fast):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    assert all(bool(g.abs().sum() > 0) for g in g_fast[-4:])   # q's last layers learn
 
 
-def test_fast_loop_under_no_grad_and_default_choice():
+def test_no_graph_filtering_and_models_that_are_not_rowwise():
     model, inference = build("vrnn", "direct")
     x, mask = data()
     with torch.no_grad():
-        torch.manual_seed(1)
-        default = filter_sequence(model, inference, x, mask)
-        torch.manual_seed(1)
-        eager = filter_sequence(model, inference, x, mask, fast=False)
-    torch.testing.assert_close(default.free_energy, eager.free_energy, rtol=1e-5, atol=1e-5)
-    # A model that does not promise row-wise prior/emission (here the LGSSM) runs the eager loop.
+        fast, ref = (run_no_grad(model, inference, x, mask, r) for r in (False, True))
+    torch.testing.assert_close(fast.free_energy, ref.free_energy, rtol=1e-5, atol=1e-5)
+    # A model that does not promise row-wise prior/emission (the LGSSM) runs the per-step loop either way.
     torch.manual_seed(0)
     lgssm = MODELS["lgssm"](x_dim=D, z_size=2)
     q = INFERENCE["direct"](lgssm, hidden_sizes=[6])
     xs = torch.randn(B, T, D)
-    torch.manual_seed(2)
-    a = filter_sequence(lgssm, q, xs, mask)
-    torch.manual_seed(2)
-    b = _filter_eager(lgssm, q, xs, mask)
-    assert not lgssm.stack_steps and torch.equal(a.recon, b.recon) and torch.equal(a.kl, b.kl)
+    a, b = (run_no_grad(lgssm, q, xs, mask, r) for r in (False, True))
+    assert not lgssm.rowwise
+    torch.testing.assert_close(a.recon, b.recon)
+    torch.testing.assert_close(a.kl, b.kl)
 
 
-@pytest.mark.parametrize("inf_name", ["direct", "combiner", "avf"])
+def run_no_grad(model, inference, x, mask, reference_path):
+    with reference(reference_path), torch.no_grad():
+        torch.manual_seed(1)
+        return filter_sequence(model, inference, x, mask)
+
+
+@pytest.mark.parametrize("inf_key", ["direct", "combiner", "avf1"])
 @pytest.mark.parametrize("k", [1, 5])
-def test_stacked_iwae_equals_particle_loop(inf_name, k):
+def test_stacked_iwae_equals_the_particle_loop(inf_key, k):
     """IWAE with log-weights computed after the loop = the per-step particle loop, values and gradients."""
-    model, inference = build("dmm" if inf_name == "combiner" else "vrnn", inf_name)
+    model, inference = build("dmm" if inf_key == "combiner" else "vrnn", inf_key)
     x, mask = data()
     runs = []
-    for fast in (True, False):
-        torch.manual_seed(11)
-        bound = particle_bound(model, inference, x, mask, k, resample=False, fast=fast)
-        grads = torch.autograd.grad(bound.log_p_hat.sum(), list(model.parameters()), allow_unused=True)
+    for reference_path in (False, True):
+        with reference(reference_path):
+            torch.manual_seed(11)
+            bound = particle_bound(model, inference, x, mask, k, resample=False)
+            grads = torch.autograd.grad(bound.log_p_hat.sum(), list(model.parameters()), allow_unused=True)
         runs.append((bound, grads))
-    (stacked, g_stacked), (loop, g_loop) = runs
-    torch.testing.assert_close(stacked.increments, loop.increments, rtol=1e-5, atol=1e-4)
-    assert torch.all(stacked.increments[mask == 0] == 0) and torch.all(stacked.resampled == 0)
-    for a, b in zip(g_stacked, g_loop):
+    (fast, g_fast), (loop, g_loop) = runs
+    torch.testing.assert_close(fast.increments, loop.increments, rtol=1e-5, atol=1e-4)
+    assert torch.all(fast.increments[mask == 0] == 0) and torch.all(fast.resampled == 0)
+    for a, b in zip(g_fast, g_loop):
         if a is not None or b is not None:
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-    # with gradients recorded, the stacked path is the default
-    torch.manual_seed(11)
-    default = particle_bound(model, inference, x, mask, k)
-    torch.testing.assert_close(default.increments, stacked.increments)
+
+
+@pytest.mark.parametrize("reference_path", [False, True])
+def test_avf_aux_alone_and_twice(reference_path):
+    """AVF's q-only loss gives phi the same gradient whether it is back-propagated with the free energy
+    or in a pass of its own, and never touches theta."""
+    model, avf = build("vrnn", "avf3")
+    x, mask = data()
+    phi, theta = list(avf.parameters()), list(model.parameters())
+    with reference(reference_path):
+        torch.manual_seed(5)
+        terms = filter_sequence(model, avf, x, mask)
+        together = torch.autograd.grad(training_loss(terms), phi + theta, retain_graph=True, allow_unused=True)
+        main = (terms.recon + terms.kl).sum() / mask.sum()
+        apart = [torch.autograd.grad(main, phi, retain_graph=True),
+                 torch.autograd.grad(terms.aux.sum() / mask.sum(), phi, retain_graph=True, allow_unused=True)]
+        no_aux_theta = torch.autograd.grad(main, theta, retain_graph=True, allow_unused=True)
+    for g, a, b in zip(together[:len(phi)], *apart):
+        torch.testing.assert_close(g, a + (0 if b is None else b), rtol=1e-4, atol=1e-6)
+    assert any(b is not None and bool(b.abs().sum() > 0) for b in apart[1])
+    for g, h in zip(together[len(phi):], no_aux_theta):
+        assert (g is None and h is None) or torch.equal(g, h)
 
 
 @pytest.mark.parametrize("cell", ["relu", "tanh", "gru"])
@@ -131,21 +163,25 @@ def test_combiner_precomputed_rnn_equals_its_cell(cell):
     model = MODELS["dmm"](x_dim=D, **SMALL["dmm"])
     combiner = INFERENCE["combiner"](model, rnn_size=6, cell=cell)
     x, _ = data()
-    ahead = combiner.initial_state(B, x).ahead
-    assert len(ahead) == T
-    h = combiner.h_0.expand(B, -1)
-    for t in range(T):
-        h = combiner.rnn(x[:, t], h)
-        torch.testing.assert_close(ahead[t], h, rtol=1e-5, atol=1e-6)
+    for reference_path in (False, True):
+        with reference(reference_path):
+            ahead = combiner.initial_state(B, x).ahead
+        assert len(ahead) == T
+        h = combiner.h_0.expand(B, -1)
+        for t in range(T):
+            h = combiner.rnn(x[:, t], h)
+            torch.testing.assert_close(ahead[t], h, rtol=1e-5, atol=1e-6)
     # Past its end, or without x, the posterior steps the cell itself.
     state = model.initial_state(B)
     post = combiner.posterior(model, x[:, 0], state, None, combiner.initial_state(B))
     torch.testing.assert_close(post.q_state.h, combiner.rnn(x[:, 0], combiner.h_0.expand(B, -1)))
 
 
-@pytest.mark.parametrize("model_name", ["vrnn", "srnn"])
-def test_avf_gradient_input_equals_autograd(model_name):
-    """The hand-differentiated KL and reparameterization give autograd's grad_lambda F_t."""
+@pytest.mark.parametrize("model_name", sorted(SMALL))
+@pytest.mark.parametrize("samples", [1, 3])
+def test_avf_gradient_input_equals_autograd(model_name, samples):
+    """free_energy_gradient (the emission's z-gradient by hand, the KL and the sampling by hand) gives
+    autograd's grad_lambda of free_energy_at, for one noise draw or several."""
     model, _ = build(model_name, "direct")
     x, _ = data()
     state = model.initial_state(B)
@@ -153,14 +189,16 @@ def test_avf_gradient_input_equals_autograd(model_name):
     torch.manual_seed(4)   # a point away from the prior, where the KL's gradient is not zero
     loc = (p_z.loc + 0.3 * torch.randn_like(p_z.loc)).detach()
     logvar = (2 * p_z.scale.log() + 0.5 * torch.randn_like(p_z.loc)).detach()
-    torch.manual_seed(9)
-    g_loc, g_logvar, _ = free_energy_gradient(model, x[:, 0], state, p_z, loc, logvar)
+    eps = torch.randn(samples, B, model.z_dim).squeeze(0)
     loc_, logvar_ = loc.clone().requires_grad_(True), logvar.clone().requires_grad_(True)
-    torch.manual_seed(9)
-    terms = step_free_energy(model, Normal(loc_, (0.5 * logvar_).exp()), p_z, x[:, 0], state)
-    a_loc, a_logvar = torch.autograd.grad((terms.recon + terms.kl).sum(), (loc_, logvar_))
-    torch.testing.assert_close(g_loc, a_loc, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(g_logvar, a_logvar, rtol=1e-4, atol=1e-5)
+    f = free_energy_at(model, loc_, logvar_, p_z, x[:, 0], state, eps)
+    a_loc, a_logvar = torch.autograd.grad(f.sum(), (loc_, logvar_))
+    for reference_path in (False, True):
+        with reference(reference_path):
+            g_loc, g_logvar, value = free_energy_gradient(model, loc, logvar, p_z, x[:, 0], state, eps, value=True)
+        torch.testing.assert_close(g_loc, a_loc, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(g_logvar, a_logvar, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(value, f.detach(), rtol=1e-5, atol=1e-5)
 
 
 def test_srnn_cell_step_equals_its_lstm():
@@ -219,14 +257,15 @@ def test_whole_batch_noise_shard_draws_like_plain_randn():
     assert torch.equal(half, plain[[1, 3, 5]])
 
 
-VJP_CASES = ([(m, lik, "relu") for m in sorted(SMALL) for lik in ("bernoulli", "gaussian")]
-             + [("srnn", lik, act) for act in ("clipped_leaky_relu", "tanh", "elu") for lik in ("bernoulli", "gaussian")])
+EMISSION_CASES = ([(m, lik, "relu") for m in sorted(SMALL) for lik in ("bernoulli", "gaussian")]
+                  + [("srnn", lik, act) for act in ("clipped_leaky_relu", "tanh", "elu") for lik in ("bernoulli", "gaussian")])
 
 
-@pytest.mark.parametrize("model_name,likelihood,activation", VJP_CASES)
+@pytest.mark.parametrize("model_name,likelihood,activation", EMISSION_CASES)
 def test_emission_gradient_by_hand_equals_autograd(model_name, likelihood, activation):
-    """seqvi.models.vjp: -log p(x | z, h) and its z-gradient by hand equal autograd's
-    (activation: the SRNN's; the other models use ReLU)."""
+    """MLPEmission.recon_grad (through the model's emission_grad): -log p(x | z, h) and its z-gradient
+    by hand equal autograd's (activation: the SRNN's; the other models use ReLU); the reference switch
+    turns it off."""
     torch.manual_seed(0)
     extra = {"activation": activation} if model_name == "srnn" else {}
     model = MODELS[model_name](x_dim=D, likelihood=likelihood, **SMALL[model_name], **extra)
@@ -236,84 +275,48 @@ def test_emission_gradient_by_hand_equals_autograd(model_name, likelihood, activ
     z = (3 * torch.randn(B, model.z_dim)).requires_grad_(True)   # wide: clipped units too
     recon = -model.emission(z, state).log_prob(x_t).sum(1)
     (grad_z,) = torch.autograd.grad(recon.sum(), z)
-    by_hand = model.emission_recon_grad(z.detach(), state, x_t)
+    by_hand = model.emission_grad(z.detach(), state, x_t)
     assert by_hand is not None
     torch.testing.assert_close(by_hand[0], recon.detach(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(by_hand[1], grad_z, rtol=1e-4, atol=1e-5)
     assert not by_hand[1].requires_grad
+    with reference():
+        assert model.emission_grad(z.detach(), state, x_t) is None
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_declares_its_emission_gradient(name):
+    """A registered model either differentiates its emission by hand (tested above for each one that
+    does) or says so by not providing the hook; ``has`` reports it."""
+    expected = {"vrnn", "srnn", "dmm"}
+    assert MODELS[name].has("emission_grad") == (name in expected)
 
 
 def test_emission_gradient_by_hand_declines_unknown_layers():
-    """A module seqvi.models.vjp cannot differentiate makes the model fall back to autograd."""
+    """An activation seqvi.nn.mlp_grad cannot differentiate makes the model fall back to autograd."""
     torch.manual_seed(0)
     model = MODELS["dmm"](x_dim=D, **SMALL["dmm"])
     model.emitter[0].append(torch.nn.Softsign())
     z = torch.randn(B, model.z_dim)
-    assert model.emission_recon_grad(z, model.initial_state(B), torch.zeros(B, D)) is None
+    assert model.emission_grad(z, model.initial_state(B), torch.zeros(B, D)) is None
 
 
-@pytest.mark.parametrize("model_name", sorted(SMALL))
-@pytest.mark.parametrize("iterations,layers,update", [(1, 2, "highway"), (1, 1, "sgd"), (3, 2, "highway")])
-def test_deferred_avf_update_gives_the_same_gradients(model_name, iterations, layers, update):
-    """AVF in training with ``defer``: the update chain runs without a graph in the loop and is
-    back-propagated once, batched, after the loss (K = 1: by hand through the kept activations,
-    seqvi.inference.avf_trace; K > 1: recomputed, with the earlier iterates' free energies):
-    every parameter's gradient equals the engine's per-step path, where theta learns from the
-    final iterate and phi from every iterate."""
-    grads = {}
-    for defer in (False, True):
-        torch.manual_seed(0)
-        model = MODELS[model_name](x_dim=D, likelihood="bernoulli", **SMALL[model_name])
-        avf = INFERENCE["avf"](model, hidden_size=16, iterations=iterations, layers=layers, update=update)
-        x, mask = data()
-        torch.manual_seed(5)
-        terms = filter_sequence(model, avf, x, mask, defer=defer)
-        loss = training_loss(terms, kl_weight=0.7)
-        norm = float(mask.sum())
-        if defer:
-            assert terms.aux is None and terms.deferred is not None
-            loss.backward(retain_graph=terms.deferred.retain_graph)
-            assert all(p.grad is None for p in avf.parameters())   # phi is not in the loop's graph
-            terms.deferred.backward(1.0 / norm)
-        else:
-            assert terms.deferred is None and (terms.aux is not None) == (iterations > 1)
-            loss.backward(retain_graph=True)
-            if terms.aux is not None:
-                (terms.aux.sum() / norm).backward(inputs=list(avf.parameters()))
-        params = list(model.parameters()) + list(avf.parameters())
-        grads[defer] = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
-        assert all(g.abs().sum() > 0 for g in grads[defer][-4:])   # the output layers of phi learn
-    for a, b in zip(grads[False], grads[True]):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-
-
-def test_deferred_update_is_off_where_it_does_not_apply():
-    """Evaluation mode, no gradients, or an inference without it: the loop runs as usual."""
-    torch.manual_seed(0)
-    model = MODELS["vrnn"](x_dim=D, **SMALL["vrnn"])
-    x, mask = data()
-    for train, grad in ((False, True), (True, False)):
-        avf = INFERENCE["avf"](model, hidden_size=16, iterations=2).train(train)
-        with torch.set_grad_enabled(grad):
-            assert filter_sequence(model, avf, x, mask, defer=True).deferred is None
-    assert filter_sequence(model, INFERENCE["direct"](model), x, mask, defer=True).deferred is None
-
-
-def test_linear_without_graph_matches_nn_linear_and_follows_weight_changes():
-    """seqvi.models.linear.Linear: the cached W^T product equals nn.Linear's, before and after the
-    weight changes in place (an optimizer step) or by load_state_dict; with a graph it is nn.Linear."""
-    from seqvi.models.linear import Linear
+def test_linear_and_fused_products_equal_their_reference_and_follow_weight_changes():
+    """seqvi.nn.linear: the cached W^T products equal nn.Linear's and torch.cat of the layers, before and
+    after the weights change in place (an optimizer step) or by load_state_dict; with a graph, nn.Linear."""
+    from seqvi.nn.linear import Fused, Linear
 
     torch.manual_seed(0)
-    ours, ref = Linear(7, 5), torch.nn.Linear(7, 5)
+    ours, ref, other = Linear(7, 5), torch.nn.Linear(7, 5), Linear(7, 3)
     ref.load_state_dict(ours.state_dict())
+    fused = Fused(ours, other)
     x = torch.randn(16, 7)
-    with torch.no_grad():
-        torch.testing.assert_close(ours(x), ref(x))
-        assert ours._transposed is not None
-        ours.weight.add_(1.0)
-        ref.weight.add_(1.0)
-        torch.testing.assert_close(ours(x), ref(x))
+    for _ in range(2):
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), ref(x))
+            torch.testing.assert_close(fused(x), torch.cat([ref(x), torch.nn.functional.linear(x, other.weight, other.bias)], 1))
+            ours.weight.add_(1.0)
+            ref.weight.add_(1.0)
     state = {k: torch.randn_like(v) for k, v in ref.state_dict().items()}
     ours.load_state_dict(state)
     ref.load_state_dict(state)
@@ -324,14 +327,45 @@ def test_linear_without_graph_matches_nn_linear_and_follows_weight_changes():
     assert y.requires_grad
     y.sum().backward()
     torch.testing.assert_close(ours.weight.grad, torch.ones(5, 16) @ x)
-    assert "_transposed" not in ours.__getstate__() and ours.state_dict().keys() == ref.state_dict().keys()
+    assert "_wt_cache" not in ours.__getstate__() and ours.state_dict().keys() == ref.state_dict().keys()
+
+
+@pytest.mark.parametrize("layers", [0, 2])
+@pytest.mark.parametrize("input_grad", [False, True])
+def test_highway_network_kernel_equals_reference(layers, input_grad):
+    """seqvi.nn.highway: the graph-free forward, the forward from kept activations and the backward by
+    hand give the reference path's output and the gradients of u and of every weight."""
+    from seqvi.nn.highway import HighwayMLP
+
+    torch.manual_seed(0)
+    first = torch.nn.Linear(6, 9)
+    pairs = [(torch.nn.Linear(9, 9), torch.nn.Linear(9, 9)) for _ in range(layers)]
+    heads = [torch.nn.Linear(9, 2), torch.nn.Linear(9, 3)]
+    net = HighwayMLP(first, pairs, heads)
+    u = torch.randn(5, 6, requires_grad=input_grad)
+    upstream = torch.randn(5, 5)
+    params = net.params()
+    results = []
+    for mode in ("reference", "kernel", "replay"):
+        with reference(mode == "reference"):
+            trace = net.run(u.detach())[1] if mode == "replay" else None
+            y = net(u, trace)
+            inputs = params + ([u] if input_grad else [])
+            grads = torch.autograd.grad((y * upstream).sum(), inputs)
+        results.append((y.detach(), grads))
+    with torch.no_grad():
+        torch.testing.assert_close(net(u), results[0][0])
+    for y, grads in results[1:]:
+        torch.testing.assert_close(y, results[0][0], rtol=1e-5, atol=1e-6)
+        for a, b in zip(grads, results[0][1]):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("nonlinearity", ["relu", "tanh"])
 def test_elman_rnn_equals_torch_rnn_values_and_gradients(nonlinearity):
-    """seqvi.inference.elman: the hand-written BPTT gives torch.rnn_relu/tanh's outputs and the
-    gradients of every weight, h_0 and x, for an upstream gradient on every step."""
-    from seqvi.inference.elman import elman_rnn
+    """seqvi.nn.elman: the hand-written BPTT gives torch.rnn_relu/tanh's outputs and the gradients of
+    every weight, h_0 and x, for an upstream gradient on every step."""
+    from seqvi.nn.elman import elman_rnn
 
     torch.manual_seed(0)
     cell = torch.nn.RNNCell(D, 7, nonlinearity=nonlinearity)
@@ -340,12 +374,9 @@ def test_elman_rnn_equals_torch_rnn_values_and_gradients(nonlinearity):
     upstream = torch.randn(B, T, 7)
     weights = [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
     results = []
-    for ours in (True, False):
-        if ours:
+    for reference_path in (False, True):
+        with reference(reference_path):
             h = elman_rnn(x, h_0, *weights, nonlinearity=nonlinearity)
-        else:
-            run = torch.rnn_relu if nonlinearity == "relu" else torch.rnn_tanh
-            h, _ = run(x, h_0.unsqueeze(0), weights, True, 1, 0.0, True, False, True)
         grads = torch.autograd.grad((h * upstream).sum(), [x, h_0, *weights])
         results.append((h.detach(), grads))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
@@ -356,7 +387,7 @@ def test_elman_rnn_equals_torch_rnn_values_and_gradients(nonlinearity):
 
 
 def test_dmm_transition_without_graph_equals_with_graph():
-    """The DMM's graph-free transition (fused first layers, lerp) gives the recorded one's prior,
+    """The DMM's transition with its fused first layers (graph-free) gives the recorded one's prior,
     also after its weights change."""
     torch.manual_seed(0)
     model = MODELS["dmm"](x_dim=D, **SMALL["dmm"])
@@ -373,27 +404,29 @@ def test_dmm_transition_without_graph_equals_with_graph():
 
 
 def test_lstm_step_equals_lstm_cell_values_and_gradients():
-    """seqvi.models.lstm: a sequence of steps gives torch.lstm_cell's states and the same gradients
-    for x, h_0, c_0 and every weight (formed once, at the first step), with the last output unused
-    and a state re-indexed mid-sequence (a new tape); a pass that stops early leaves no residue."""
-    from seqvi.models.lstm import lstm_step
+    """seqvi.nn.lstm: a sequence of steps gives torch.lstm_cell's states and the same gradients for x,
+    h_0, c_0 and every weight (formed once, at the first step), with the last output unused and a state
+    re-indexed mid-sequence (a new tape); a pass that stops early leaves no residue."""
+    from seqvi.nn.lstm import LSTMStep
 
     torch.manual_seed(0)
     cell = torch.nn.LSTMCell(D, 5)
-    weights = [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
+    step = LSTMStep(cell)
+    weights = list(step.weights())
     xs = [torch.randn(B, D, requires_grad=True) for _ in range(T)]
     h_0, c_0 = torch.randn(B, 5, requires_grad=True), torch.randn(B, 5, requires_grad=True)
     upstream = torch.randn(T, B, 5)
     results = []
-    for ours in (True, False):
-        h, c, loss = h_0, c_0, 0.0
-        for t in range(T):
-            if t == 4:   # a particle re-index: new tensors, a new tape
-                h, c = h[torch.arange(B)], c[torch.arange(B)]
-            h, c = lstm_step(cell, xs[t], h, c, *weights) if ours else torch.lstm_cell(xs[t], (h, c), *weights)
-            if t < T - 1:
-                loss = loss + (h * upstream[t]).sum() + 0.5 * c.sum()
-        if ours:   # a pass that asks for x_6 only stops before the tape's first step (t = 4): no residue
+    for reference_path in (False, True):
+        with reference(reference_path):
+            h, c, loss = h_0, c_0, 0.0
+            for t in range(T):
+                if t == 4:   # a particle re-index: new tensors, a new tape
+                    h, c = h[torch.arange(B)], c[torch.arange(B)]
+                h, c = step(xs[t], h, c)
+                if t < T - 1:
+                    loss = loss + (h * upstream[t]).sum() + 0.5 * c.sum()
+        if not reference_path:   # a pass that asks for x_6 only stops before the tape's first step (t = 4)
             torch.autograd.grad(loss, xs[6], retain_graph=True)
         inputs = [*xs, h_0, c_0, *weights]
         grads = torch.autograd.grad(loss, inputs, allow_unused=True)
@@ -402,3 +435,19 @@ def test_lstm_step_equals_lstm_cell_values_and_gradients():
     torch.testing.assert_close(results[0][1], results[1][1])
     for a, b in zip(results[0][2], results[1][2]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_the_switch_environment_variable_and_context_manager():
+    """SEQVI_REFERENCE=1 forces the reference path in a new process; ``reference()`` nests and restores."""
+    code = "import seqvi.nn as n; print(n.reference_forced())"
+    for value, expected in (("1", "True"), ("0", "False"), ("", "False")):
+        env = {**os.environ, "SEQVI_REFERENCE": value}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == expected
+    assert not reference_forced()
+    with reference():
+        assert reference_forced()
+        with reference(False):
+            assert not reference_forced()
+        assert reference_forced()
+    assert not reference_forced()

@@ -9,6 +9,7 @@ from seqvi.config import recipe_from_dict
 from seqvi.engine import checkpoint
 from seqvi.engine.train import train
 from seqvi.errors import SeqviError
+from seqvi.nn import reference
 
 from conftest import tiny_recipe
 
@@ -69,19 +70,29 @@ def test_different_config_refused_unless_force(tiny_store, tmp_path):
     assert result.replaced == ["train.lr: 0.01 -> 0.5"] and result.resumed_step is None
 
 
+@pytest.mark.parametrize("reference_path", [False, True])
 @pytest.mark.parametrize("model,inference", [
     ({"name": "vrnn", "hidden_size": 8, "z_size": 3, "feature_size": 8},
-     {"name": "avf", "iterations": 2, "hidden_size": 8}),                        # deferred AVF update
+     {"name": "avf", "iterations": 2, "hidden_size": 8}),                        # AVF's taped chain
     ({"name": "dmm", "z_size": 3, "emission_size": 6, "transition_size": 6},
      {"name": "combiner", "rnn_size": 6}),                                        # the combiner's whole path
+    ({"name": "srnn", "hidden_size": 8, "z_size": 3, "dense_size": 6},
+     {"name": "avf", "iterations": 1, "hidden_size": 8}),                        # the LSTM kernel, AVF(1)
 ])
-def test_fast_paths_resume_exactly(tiny_store, tmp_path, model, inference):
-    """The hand-written speed paths are deterministic: a crash mid-epoch resumes bitwise."""
+def test_kernels_and_reference_path_resume_exactly(tiny_store, tmp_path, model, inference, reference_path):
+    """Both paths (seqvi.nn's kernels, and the reference forced) are deterministic: a crash mid-epoch
+    resumes bitwise; and the two paths train to the same parameters up to float rounding."""
     raw = tiny_recipe(tiny_store, epochs=2, checkpoint_every=1)
     raw["model"], raw["inference"] = model, inference
     recipe = recipe_from_dict(raw)
-    train(recipe, tmp_path / "a", device="cpu")
-    with pytest.raises(Crash):
-        train(recipe, tmp_path / "b", device="cpu", events=crash_at(4))
-    assert train(recipe, tmp_path / "b", device="cpu").resumed_step == 3
+    with reference(reference_path):
+        train(recipe, tmp_path / "a", device="cpu")
+        with pytest.raises(Crash):
+            train(recipe, tmp_path / "b", device="cpu", events=crash_at(4))
+        assert train(recipe, tmp_path / "b", device="cpu").resumed_step == 3
     assert_same(params(tmp_path / "a"), params(tmp_path / "b"))
+    with reference(not reference_path):
+        train(recipe, tmp_path / "c", device="cpu")
+    other = params(tmp_path / "c")
+    for key, value in params(tmp_path / "a").items():
+        torch.testing.assert_close(other[key], value, rtol=1e-3, atol=1e-4)

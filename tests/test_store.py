@@ -74,18 +74,18 @@ def test_batches_are_deterministic_crops_with_masks(tmp_path, seqs):
         assert [len(o) for o in order] == [4]  # a trailing batch of one joins the batch before it
         assert [len(o) for o in epoch_order(train, 2, 1, 0)] == [2, 2]
         assert [o.tolist() for o in order] == [o.tolist() for o in epoch_order(train, 3, 1, 0)]
-        x, mask = crop_batch(train, np.array([1, 2]), 4, seed=1, epoch=0, batch=0)
+        x, mask, *_ = crop_batch(train, np.array([1, 2]), 4, seed=1, epoch=0, batch=0)
         assert x.shape == (2, 4, 3) and mask.tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
         # the crop of sequence 1 is a contiguous window of it
         full = seqs["train"][1]
         starts = [s for s in range(6) if np.allclose(full[s:s + 4], x[0].numpy())]
         assert len(starts) == 1
-        x2, _ = crop_batch(train, np.array([1, 2]), 4, seed=1, epoch=0, batch=0)
+        x2, *_ = crop_batch(train, np.array([1, 2]), 4, seed=1, epoch=0, batch=0)
         assert np.array_equal(x.numpy(), x2.numpy())
         assert epoch_order(train, 3, 1, 0, min_length=5)[0].tolist() != [] and \
             2 not in np.concatenate(epoch_order(train, 3, 1, 0, min_length=5))
         seen = []
-        for idx, xb, mb in whole_batches(store.split("test"), 1):
+        for xb, mb, _, _, idx in whole_batches(store.split("test"), 1):
             seen.append(int(idx[0]))
             assert mb.sum() == len(seqs["test"][idx[0]])
         assert sorted(seen) == [0, 1]

@@ -13,12 +13,14 @@ epoch; the order of the batches is shuffled. Still a pure function of
 ``(seed, epoch)``.
 
 Shapes: ``x`` is ``(B, T, *frame_shape)`` float32, ``mask`` ``(B, T)`` float32
-with 1 on real steps; padding is always at the end of a sequence.
+with 1 on real steps; padding is always at the end of a sequence. A store of
+interaction sequences also gives per-step ``inputs`` (B, T, U) (the actions)
+and ``rewards`` (B, T), padded with zeros.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -26,6 +28,18 @@ import torch
 from seqvi.data.store import SplitData
 
 BUCKET_JITTER = 0.1   # log-scale jitter of lengths when bucketing (about ±10%)
+
+
+class Batch(NamedTuple):
+    x: torch.Tensor                          # (B, T, *X)
+    mask: torch.Tensor                       # (B, T)
+    inputs: Optional[torch.Tensor] = None    # (B, T, U) per-step inputs (actions), if the store has them
+    rewards: Optional[torch.Tensor] = None   # (B, T), if the store has them
+    indices: Optional[np.ndarray] = None     # the sequences' indices in the split
+
+    def to(self, device) -> "Batch":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Batch(move(self.x), move(self.mask), move(self.inputs), move(self.rewards), self.indices)
 
 
 def epoch_order(split: SplitData, batch_size: int, seed: int, epoch: int,
@@ -48,7 +62,7 @@ def epoch_order(split: SplitData, batch_size: int, seed: int, epoch: int,
 
 
 def crop_batch(split: SplitData, indices: np.ndarray, crop_length: int, seed: int,
-               epoch: int, batch: int, rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+               epoch: int, batch: int, rows: slice = slice(None)) -> Batch:
     """One random window of ``crop_length`` steps per sequence (0 = whole sequence).
 
     ``rows`` selects this process's share of the batch; the crops and the
@@ -64,20 +78,30 @@ def crop_batch(split: SplitData, indices: np.ndarray, crop_length: int, seed: in
         else:
             windows.append((int(i), 0, length))
     padded = max(stop - start for _, start, stop in windows)
-    pieces = [split.read(i, start, stop) for i, start, stop in windows[rows]]
-    if not pieces:  # a share can be empty when the batch is smaller than the number of processes
-        return torch.zeros(0, padded, *split.frames.shape[1:]), torch.zeros(0, padded)
-    return pad(pieces, split.value_scale, padded)
+    return read_batch(split, windows[rows], padded)
 
 
-def whole_batches(split: SplitData, batch_size: int) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+def whole_batches(split: SplitData, batch_size: int) -> Iterator[Batch]:
     """Every sequence once, whole, in batches of similar length (for evaluation)."""
     order = np.argsort(split.lengths, kind="stable")
     order = order[split.lengths[order] > 0]
     for i in range(0, len(order), batch_size):
         indices = order[i:i + batch_size]
-        x, mask = pad([split.read(int(j)) for j in indices], split.value_scale)
-        yield indices, x, mask
+        windows = [(int(j), 0, int(split.lengths[j])) for j in indices]
+        yield read_batch(split, windows, max(w[2] for w in windows))._replace(indices=indices)
+
+
+def read_batch(split: SplitData, windows: list[tuple[int, int, int]], length: int) -> Batch:
+    """The windows (sequence, start, stop) of a split, padded to ``length`` steps, with the store's
+    per-step inputs and rewards when it has them."""
+    if not windows:   # a share can be empty when the batch is smaller than the number of processes
+        return Batch(torch.zeros(0, length, *split.frames.shape[1:]), torch.zeros(0, length))
+    x, mask = pad([split.read(i, start, stop) for i, start, stop in windows], split.value_scale, length)
+    if not getattr(split, "has_inputs", False):
+        return Batch(x, mask)
+    inputs, _ = pad([split.read_inputs(i, start, stop) for i, start, stop in windows], 1.0, length)
+    rewards, _ = pad([split.read_rewards(i, start, stop) for i, start, stop in windows], 1.0, length)
+    return Batch(x, mask, inputs, rewards)
 
 
 def pad(pieces: list[np.ndarray], value_scale: float = 1.0,

@@ -19,8 +19,10 @@ nats per sequence = the same sum / number of sequences.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -28,8 +30,11 @@ import torch
 
 from seqvi.data.batches import whole_batches
 from seqvi.data.store import SplitData
+from seqvi.engine.iterations import iteration_curve
+from seqvi.engine.runs import write_text_atomic
+from seqvi.errors import SeqviError
 from seqvi.inference.refine import refine as refine_step
-from seqvi.objectives import BOUNDS, filter_sequence, particle_bound
+from seqvi.objectives import BOUNDS, Bound, bound as run_bound, filter_sequence
 
 
 def _grow(a: np.ndarray, length: int) -> np.ndarray:
@@ -96,13 +101,9 @@ class EvalResult:
         return out
 
 
-def bound_label(name: str, particles: int) -> str:
-    return "-ELBO" if name == "elbo" else f"-{name.upper()}({particles})"
-
-
 @torch.no_grad()
 def evaluate(model: Any, inference: Any, split: SplitData, name: str, *, batch_size: int,
-             device: torch.device, seed: int = 0, bounds: tuple[str, ...] = (), particles: int = 1,
+             device: torch.device, seed: int = 0, bounds: tuple[Bound, ...] = (), particles: int = 1,
              refine: dict | None = None, progress: Callable[[int, int], None] | None = None,
              dist: Any = None, bin_width: float | None = None) -> EvalResult:
     """Free energy (and optional bounds, exact likelihood, gap) of every sequence of ``split``.
@@ -117,26 +118,27 @@ def evaluate(model: Any, inference: Any, split: SplitData, name: str, *, batch_s
     inference.eval()
     devices = [device.index or 0] if device.type == "cuda" else []
     refine_fn = partial(refine_step, **refine) if refine else None
-    exact = getattr(model, "exact_log_likelihood", None)
+    exact = model.exact_log_likelihood if model.has("exact_log_likelihood") else None
     total = len(split)
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        for _, x, mask in whole_batches(split, batch_size):
+        for batch in whole_batches(split, batch_size):
             if dist is not None and dist.active:
-                x, mask = x[dist.rank::dist.world], mask[dist.rank::dist.world]
-                if len(x) == 0:
+                batch = batch._replace(**{k: None if v is None else v[dist.rank::dist.world]
+                                          for k, v in batch._asdict().items() if k != "indices"})
+                if len(batch.x) == 0:
                     continue
-            x, mask = x.to(device), mask.to(device)
-            terms = filter_sequence(model, inference, x, mask, refine=refine_fn, bin_width=bin_width)
+            batch = batch.to(device)
+            x, mask = batch.x, batch.mask
+            terms = filter_sequence(model, inference, x, mask, inputs=batch.inputs, refine=refine_fn,
+                                    bin_width=bin_width)
             extra = {}
             if terms.recon_binned is not None:
                 extra["F (binned)"] = terms.recon_binned + terms.kl
                 extra["recon (binned)"] = terms.recon_binned
-            for bound in bounds:
-                resample, fixed = BOUNDS[bound]
-                k = fixed or particles
-                b = particle_bound(model, inference, x, mask, k, resample)
-                extra[bound_label(bound, k)] = -b.increments
+            for which in bounds:
+                extra[which.label(particles)] = -run_bound(model, inference, x, mask, which, particles,
+                                                           inputs=batch.inputs).increments
             if exact is not None:
                 extra["-log p (exact)"] = -exact(x, mask)
             if terms.gap is not None:
@@ -165,3 +167,50 @@ def _all_reduce(result: EvalResult, dist: Any) -> EvalResult:
     out = EvalResult(result.split, stacked[0], stacked[1], stacked[2], int(round(stacked[-1][0])) if length else 0,
                      {n: stacked[3 + i] for i, n in enumerate(names)})
     return out
+
+
+def bound_choices(name: str) -> tuple[Bound, ...]:
+    """``--bound`` of ``seqvi eval``: none, all, or one name of ``BOUNDS``."""
+    choices = {"none": (), "all": tuple(BOUNDS.values()), **{k: (b,) for k, b in BOUNDS.items()}}
+    if name not in choices:
+        raise SeqviError(f"--bound {name}: expected one of {', '.join(choices)}")
+    return choices[name]
+
+
+def evaluate_run(run: Any, split: str, *, bound: str = "none", particles: int = 16,
+                 iterations: int | None = None, refine_steps: int = 0, refine_lr: float = 0.05, seed: int = 0,
+                 json_out: Path | None = None, progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Everything ``seqvi eval`` shows and writes, for a loaded run (``seqvi.engine.run.LoadedRun``):
+
+    ``result`` (EvalResult), ``payload`` (the JSON written to ``<run>/eval/<split>.json`` and to
+    ``json_out``), ``curve`` (AVF's per-iteration free energy, or None) and ``json`` (the path).
+    ``progress(task, done, total)`` reports the passes."""
+    bounds = bound_choices(bound)
+    inference = run.inference
+    if iterations is not None:
+        if not inference.iterative:
+            raise SeqviError(f"--iterations: the run's inference '{run.recipe.inference['name']}' is not iterative")
+        inference.eval_iterations = iterations
+    report = (lambda task: (lambda done, total: progress(task, done, total))) if progress else (lambda task: None)
+    with run.open_store() as store:
+        data = store.split(split)
+        result = evaluate(run.model, inference, data, split, device=run.device,
+                          batch_size=run.recipe.data.eval_batch_size, seed=seed, bounds=bounds,
+                          particles=particles, refine={"steps": refine_steps, "lr": refine_lr} if refine_steps else None,
+                          bin_width=store.attrs.get("bin_width"), progress=report("eval"))
+        curve = None
+        if inference.iterative:
+            curve = iteration_curve(run.model, inference, data, iterations=iterations or max(inference.iterations, 5),
+                                    batch_size=run.recipe.data.eval_batch_size, device=run.device, seed=seed,
+                                    progress=report("iterations"))
+    payload = {**result.to_dict(), "checkpoint": str(run.checkpoint), "epoch": run.epoch, "step": run.step,
+               "dataset": run.spec.dataset, "seed": seed, "particles": particles,
+               "iterations": iterations, "refine_steps": refine_steps}
+    if curve is not None:
+        payload["iteration_curve"] = curve.tolist()
+    out = run.run_dir / "eval" / f"{split}.json"
+    text = json.dumps(payload, indent=1)
+    write_text_atomic(out, text)
+    if json_out:
+        write_text_atomic(Path(json_out), text)
+    return {"result": result, "payload": payload, "curve": curve, "json": out}

@@ -3,8 +3,9 @@
 Unprimed: z_t ~ p(z_t | h_{t-1}), x_t ~ p(x_t | z_t, h_{t-1}), h_t = advance.
 Primed by x_{1:P}: the first P steps are filtered (z_t ~ q(z_t | x_t, h_{t-1})
 with the run's inference), their frames kept as given, then generation
-continues from the prior. Output x is (N, length, *X); ``primed`` steps are
-the real ones.
+continues from the prior. Per-step inputs u (N, length, U) (actions), when
+given, condition every step (``model.condition``). Output x is
+(N, length, *X); ``primed`` steps are the real ones.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from torch import Tensor
 
 @torch.no_grad()
 def sample_sequences(model: Any, inference: Any, num: int, length: int, *,
-                     prime: Tensor | None = None, seed: int = 0, use_mean: bool = False) -> Tensor:
+                     prime: Tensor | None = None, seed: int = 0, use_mean: bool = False,
+                 inputs: Tensor | None = None) -> Tensor:
     model.eval()
     inference.eval()
     device = model.device
@@ -29,6 +31,7 @@ def sample_sequences(model: Any, inference: Any, num: int, length: int, *,
         frames = []
         primed = 0 if prime is None else prime.shape[1]
         for t in range(length):
+            state = model.condition(state, None if inputs is None else inputs[:, t].to(device))
             p_z = model.prior(state)
             if t < primed:
                 x_t = prime[:, t].to(device)

@@ -1,9 +1,9 @@
 """The training loop: read top to bottom, it is the whole run.
 
-Per step: a batch of random crops (B, L, *X) with mask (B, L) -> one
-filtering pass -> masked free energy (KL-annealed) -> Adam step with the
-global gradient norm clipped. An inference procedure's ``aux`` loss (AVF's
-earlier iterates) reaches only the inference parameters. Per epoch:
+Per step (``train_step``): a batch of random crops (B, L, *X) with mask
+(B, L) -> the objective's sum (``seqvi.objectives.training_terms``: the
+KL-annealed free energy, or an IWAE/FIVO bound) -> one ``backward`` -> Adam
+step with the global gradient norm clipped. Per epoch:
 learning-rate decay, validation on whole sequences, ``last.pt`` (and
 ``best.pt`` when validation improves); ``train.checkpoint_every`` adds
 checkpoints within an epoch.
@@ -28,18 +28,18 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 
 from seqvi.config import Recipe
-from seqvi.data.batches import crop_batch, epoch_order
+from seqvi.data.batches import Batch, crop_batch, epoch_order
 from seqvi.engine import checkpoint, distributed, runs
 from seqvi.engine.evaluate import evaluate
 from seqvi.engine.setup import DataSpec, build, open_store, resolve_device
 from seqvi.errors import CheckpointError, SeqviError
 from seqvi.free_energy import noise_shard
-from seqvi.objectives import BOUNDS, filter_sequence, kl_weight, particle_bound
+from seqvi.objectives import BOUNDS, Objective, TrainTerms, kl_weight, training_terms
 
 Events = Callable[[str, dict], None]
 REQUEUE_EXIT = 75  # EX_TEMPFAIL: "try again later"; the sbatch scripts requeue on it
@@ -107,9 +107,9 @@ def _train(recipe: Recipe, run_dir: Path, dist: distributed.Dist, device: str, f
     events = events or (lambda kind, info: None)
     dev = resolve_device(device)
     cfg = recipe.train
-    bound, particles = recipe.objective.bound, recipe.objective.particles
-    if bound not in BOUNDS:
-        raise SeqviError(f"objective.bound {bound!r}: expected one of {', '.join(BOUNDS)}")
+    if recipe.objective.bound not in BOUNDS:
+        raise SeqviError(f"objective.bound {recipe.objective.bound!r}: expected one of {', '.join(BOUNDS)}")
+    bound, particles = BOUNDS[recipe.objective.bound], recipe.objective.particles
     store = open_store(recipe)
     spec = DataSpec.from_store(store, recipe.data.dataset)
     train_split = store.split("train")
@@ -121,7 +121,7 @@ def _train(recipe: Recipe, run_dir: Path, dist: distributed.Dist, device: str, f
     resume = (run_dir / "checkpoints" / "last.pt").exists() if not dist.main else resume
     model, inference = build(recipe, spec, dev, source)
     theta, phi = list(model.parameters()), list(inference.parameters())
-    params = theta + phi
+    trainee = Trainee(model, inference, theta + phi)
     # Adam is per parameter, so two groups are two optimizers with their own rates.
     optimizer = torch.optim.Adam([{"params": theta, "lr": cfg.lr},
                                   {"params": phi, "lr": cfg.inference_lr or cfg.lr}])
@@ -170,7 +170,7 @@ def _train(recipe: Recipe, run_dir: Path, dist: distributed.Dist, device: str, f
                          f"{recipe.data.min_length} steps")
     events("start", {"run_dir": str(run_dir), "resumed_step": result.resumed_step, "replaced": replaced,
                      "total_steps": cfg.epochs * batches_per_epoch, "step": step, "world_size": dist.world,
-                     "parameters": sum(p.numel() for p in params), "device": str(dev)})
+                     "parameters": sum(p.numel() for p in trainee.params), "device": str(dev)})
     started = time.perf_counter()
     model.train()
     inference.train()
@@ -180,12 +180,13 @@ def _train(recipe: Recipe, run_dir: Path, dist: distributed.Dist, device: str, f
                                 recipe.data.bucket)
             for b in range(start_batch, len(order)):
                 beta = kl_weight(epoch, b, len(order), recipe.objective.kl_anneal_epochs, recipe.objective.kl_start)
-                x, mask = crop_batch(train_split, order[b], recipe.data.crop_length, recipe.seed, epoch, b,
-                                     rows=distributed.rows(dist, len(order[b])))
+                batch = crop_batch(train_split, order[b], recipe.data.crop_length, recipe.seed, epoch, b,
+                                   rows=distributed.rows(dist, len(order[b])))
                 rows = torch.arange(len(order[b]))[distributed.rows(dist, len(order[b]))]
                 with noise_shard(rows, len(order[b])):
-                    loss_sum, real_steps, finite = _step(model, inference, x.to(dev), mask.to(dev), bound,
-                                                         particles, beta, phi, params, dist, cfg.clip_grad)
+                    stats = train_step(trainee, batch.to(dev), Objective(bound, particles, beta), dist, cfg.clip_grad)
+                real_steps, finite = stats.steps, stats.finite
+                loss_sum = stats.loss
                 if not finite:
                     if not cfg.skip_nonfinite:
                         raise SeqviError(f"non-finite loss at step {step + 1} (epoch {epoch + 1}); last good "
@@ -238,38 +239,51 @@ def _train(recipe: Recipe, run_dir: Path, dist: distributed.Dist, device: str, f
     return result
 
 
-def _step(model, inference, x, mask, bound, particles, beta, phi, params, dist, clip_grad):
-    """Forward and backward of this process's share; returns (global loss sum, global steps, finite)."""
-    local_sum = x.new_zeros(())
-    aux, deferred = None, None
+class Trainee(NamedTuple):
+    """What a training step updates: the model, the inference, and their parameters (theta + phi)."""
+    model: Any
+    inference: Any
+    params: list
+
+
+class StepStats(NamedTuple):
+    loss: float        # global sum of the objective over real steps (this step's batch)
+    recon: float       # global sums of its reconstruction and KL parts (free energy objective; NaN otherwise)
+    kl: float
+    steps: int         # real time steps in the global batch
+    finite: bool
+    grad_norm: float   # global gradient norm before clipping
+
+
+def train_step(trainee: Trainee, batch: Batch, objective: Objective, dist: distributed.Dist,
+               clip_grad: float) -> StepStats:
+    """Forward and backward of this process's share of one batch: one ``loss.backward()``, gradients
+    all-reduced and clipped. The optimizer step is the caller's."""
+    x, mask = batch.x, batch.mask
+    local = TrainTerms(x.new_zeros(()), 0.0, 0.0, 0.0)
     if x.shape[0] > 0:
-        if bound == "elbo":
-            terms = filter_sequence(model, inference, x, mask, defer=True)
-            local_sum = (terms.recon + beta * terms.kl).sum()
-            aux, deferred = terms.aux, terms.deferred
-        else:  # IWAE / FIVO: -log p_hat; KL annealing does not apply
-            local_sum = -particle_bound(model, inference, x, mask, particles, BOUNDS[bound][0]).log_p_hat.sum()
-    stats = distributed.all_reduce_sum(dist, torch.stack([local_sum.detach(), mask.sum().to(local_sum),
-                                                          (~torch.isfinite(local_sum)).to(local_sum)]))
-    total, count, nonfinite = stats.tolist()
+        local = training_terms(trainee.model, trainee.inference, x, mask, objective, inputs=batch.inputs)
+    stats = distributed.all_reduce_sum(dist, torch.tensor(
+        [local.value, float(mask.sum()), float(not torch.isfinite(local.loss_sum)), local.recon, local.kl],
+        dtype=torch.float64))
+    total, count, nonfinite, recon, kl = stats.tolist()
     if nonfinite > 0:
-        return total, int(count), False
-    for p in params:
+        return StepStats(total, recon, kl, int(count), False, math.nan)
+    for p in trainee.params:
         p.grad = None
     if x.shape[0] > 0:
-        norm = max(count, 1.0)
-        if aux is not None:   # AVF: theta learns from the final iterate only, phi from every iterate
-            (local_sum / norm).backward(retain_graph=True)
-            (aux.sum() / norm).backward(inputs=phi)
-        elif deferred is not None:   # AVF, update deferred by the filtering loop: phi's gradient after theta's
-            (local_sum / norm).backward(retain_graph=deferred.retain_graph)
-            deferred.backward(1.0 / norm)
-        else:
-            (local_sum / norm).backward()
-    distributed.all_reduce_gradients(dist, params)
+        (local.loss_sum / max(count, 1.0)).backward()
+    distributed.all_reduce_gradients(dist, trainee.params)
+    norm = _grad_norm(trainee.params, clip_grad)
+    return StepStats(total, recon, kl, int(count), True, norm)
+
+
+def _grad_norm(params: list, clip_grad: float) -> float:
+    """The global gradient norm; clipped to ``clip_grad`` when that is positive."""
     if clip_grad > 0:
-        torch.nn.utils.clip_grad_norm_(params, clip_grad)
-    return total, int(count), True
+        return float(torch.nn.utils.clip_grad_norm_(params, clip_grad))
+    grads = [p.grad for p in params if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
 
 
 def _mark_preempted(dist: distributed.Dist, marker: Path, step: int) -> None:

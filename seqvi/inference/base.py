@@ -1,39 +1,39 @@
-"""The inference contract: one filtering step of q, for any model.
+"""The inference contract: one filtering step of q, for any model (q only).
 
     initial_state(batch_size, x=None, mask=None) -> q_state   q's own recurrence (None if stateless)
     posterior(model, x_t, state, p_z, q_state)    -> Posterior(q_z, q_state, aux)
 
 ``q_z`` is a Normal over (B, Z). ``q_state`` carries what q alone remembers
-(e.g. SVG's posterior LSTM over frames); it is a tuple of batch-first tensors
-or None. ``x`` (B, T, *X) is the whole observed sequence: a filtering
-procedure must ignore it; only a smoothing procedure (labelled as such, e.g.
-SRNN's backward RNN) may read ahead, by precomputing into ``q_state``;
-``mask`` (B, T) tells it where each sequence really ends.
-``aux`` is an optional (B,) loss that trains only q's parameters
-(AVF: the free energy at every iteration before the last), or None.
+(e.g. SVG's posterior LSTM over frames); it is a tuple of batch-first
+tensors (other leaves pass through ``map_state`` untouched) or None. ``x``
+(B, T, *X) is the whole observed sequence: a filtering procedure must ignore
+it; only a smoothing procedure (labelled as such, e.g. SRNN's backward RNN)
+may read ahead, by precomputing into ``q_state``; ``mask`` (B, T) tells it
+where each sequence really ends. ``aux`` is an optional (B,) loss that
+trains only q's parameters (AVF: the free energy at every iteration before
+the last), or None.
 
 A filtering procedure may also precompute, in ``initial_state``, what it
 computes from x causally and independently of z (the combiner's forward RNN:
 h_t from x_{<=t}), for the whole sequence in one call, and consume it one
 step at a time: the same numbers, one large operation instead of T small ones.
 
-Two optional hooks serve the fast filtering loop (``seqvi.objectives``):
-``sample_path(model, x, state, q_state)`` may return the whole sampling
-path at once (per-step lists of states, q locs, q scales, samples, aux) or
-None to be stepped (the combiner on a DMM: one autograd node with a
-hand-written backward); ``deferred_update()`` is a context manager under
-which q may keep its own network out of the loop's graph and put its
-gradient in place afterwards (AVF in training; see ``filter_sequence``'s
-``defer``).
+Optional hooks:
 
-``reads_prior`` (class attribute, default True) says whether ``posterior``
-uses ``p_z``. A procedure that sets it False (direct encoders, the combiner)
-receives ``p_z=None`` from the fast filtering loop, which then evaluates the
-prior for all steps at once after the loop instead of inside it.
-``prior_graph`` (default True) says whether anything of q's differentiates
-through ``p_z``; when False (AVF with one iteration, or in evaluation) the
-fast loop computes the in-loop prior without recording its graph (the KL
-that trains the model uses the prior recomputed after the loop).
+* ``reads_prior`` (class attribute, default True): whether ``posterior``
+  uses ``p_z``. A procedure that sets it False (direct encoders, the
+  combiner) receives ``p_z=None`` from the stacked filtering pass
+  (``seqvi.stacked``), which then evaluates the prior for all steps at once
+  after the loop instead of inside it.
+* ``prior_graph`` (class attribute, default True): whether ``posterior``
+  differentiates through ``p_z`` (SRNN's smoothing q adds the prior's mean).
+  When False (AVF, which starts from the detached prior) the stacked pass
+  computes the in-loop prior without recording its graph.
+* ``sample_path(model, x, state, q_state) -> seqvi.stacked.Path | None``:
+  the whole sampling path at once (the combiner on a model Markov in z: one
+  autograd node with a hand-written backward), or None to be stepped.
+* ``iterative`` (class attribute) and ``eval_iterations``: an iterative
+  procedure (AVF) may run another number of iterations in evaluation.
 """
 
 from __future__ import annotations
@@ -53,9 +53,9 @@ class Posterior(NamedTuple):
 class Inference(nn.Module):
     #: iterative procedures take another number of iterations for evaluation
     iterative = False
-    #: posterior() uses p_z; False lets the fast filtering loop defer the prior (see above)
+    #: posterior() uses p_z; False lets the stacked filtering pass skip the in-loop prior
     reads_prior = True
-    #: posterior() differentiates through p_z (see above)
+    #: posterior() differentiates through p_z; False lets the stacked pass compute it without a graph
     prior_graph = True
     eval_iterations: Optional[int] = None
 

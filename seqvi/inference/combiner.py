@@ -25,7 +25,8 @@ refused when this is built.
 
 For a model whose state is z_{t-1} alone (the DMM), ``sample_path`` runs
 the whole sampling path in one autograd node with a hand-written backward
-(``seqvi.inference.combiner_path``), which the fast filtering loop uses.
+(the kernel ``seqvi.nn.combiner_path``), which the stacked filtering pass
+uses; its reference path is stepping ``posterior``.
 
 ``cell`` picks the RNN: "relu" (Pyro's ``nn.RNN(nonlinearity="relu")``, the
 default), "tanh" or "gru" (steadier: Pyro's ReLU RNN is known to blow up).
@@ -40,11 +41,13 @@ from torch import Tensor, nn
 from torch.distributions import Normal
 
 from seqvi.errors import RecipeError
+from seqvi.free_energy import standard_normal
 from seqvi.inference.base import Inference, Posterior
-from seqvi.inference.combiner_path import combiner_path
-from seqvi.inference.elman import elman_rnn
-from seqvi.models.base import MIN_SCALE
-from seqvi.models.linear import Linear
+from seqvi.models.base import MIN_SCALE, positive_scale
+from seqvi.nn import enabled
+from seqvi.nn.combiner_path import combiner_path
+from seqvi.nn.elman import elman_rnn, rnn_reference
+from seqvi.nn.linear import Linear
 
 class Ahead(tuple):
     """h_t, h_{t+1}, ... (B, R) each; the whole precomputed sequence also as one time-major tensor
@@ -70,7 +73,7 @@ class Combiner(Inference):
 
     def __init__(self, model: Any, rnn_size: int = 600, cell: str = "relu"):
         super().__init__()
-        if not callable(getattr(model, "previous_z", None)):
+        if not model.has("previous_z"):
             raise RecipeError(f"inference 'combiner' needs a model with previous_z(state) (DMM, SRNN, LGSSM); "
                               f"{type(model).__name__} has none: use 'direct' or 'avf'")
         if cell not in CELLS:
@@ -93,27 +96,25 @@ class Combiner(Inference):
         return CombinerState(h_0, ahead)
 
     def _forward_rnn(self, x: Tensor, h_0: Tensor) -> Tensor:
-        """h_{1:T} for x (B, T, D) in one call with the cell's own weights -> (B, T, R).
-        ReLU and tanh cells on CPU use ``seqvi.inference.elman`` (its backward batches the weight
-        gradients over all steps); GRU cells, and every cell on other devices, torch's own RNN."""
-        weights = [self.rnn.weight_ih, self.rnn.weight_hh, self.rnn.bias_ih, self.rnn.bias_hh]
-        if self.cell != "gru" and x.device.type == "cpu":
+        """h_{1:T} for x (B, T, D) in one call with the cell's own weights -> (B, T, R): ReLU and tanh
+        cells through the kernel ``seqvi.nn.elman`` (reference: torch's RNN), GRU cells torch's RNN."""
+        weights = (self.rnn.weight_ih, self.rnn.weight_hh, self.rnn.bias_ih, self.rnn.bias_hh)
+        if self.cell != "gru":
             return elman_rnn(x, h_0, *weights, nonlinearity=self.cell)
-        run = {"relu": torch.rnn_relu, "tanh": torch.rnn_tanh, "gru": torch.gru}[self.cell]
-        h, _ = run(x, h_0.unsqueeze(0).contiguous(), weights, True, 1, 0.0, self.training, False, True)
-        return h
+        return rnn_reference(x, h_0, weights, self.cell, self.training)
 
     def sample_path(self, model: Any, x: Tensor, state: Any, q_state: Any) -> Optional[tuple]:
-        """The fast loop's whole sampling path at once (``seqvi.inference.combiner_path``) for a model
-        whose state is z_{t-1} alone, on CPU, with the RNN over x precomputed; else None (step by step).
-        Returns per-step lists (states h_{t-1}, q locs, q scales, z samples, aux) like the loop."""
+        """The whole sampling path at once (the kernel ``seqvi.nn.combiner_path``) for a model whose
+        state is z_{t-1} alone and takes no inputs, with the RNN over x precomputed; else None (the
+        reference: step ``posterior``). Per-step lists (states, q locs, q scales, samples, aux)."""
         steps = x.shape[1]
-        if (not getattr(model, "markov_in_z", False) or self.cell == "gru" or x.device.type != "cpu"
+        if (not model.markov_in_z or model.has("condition") or self.cell == "gru" or not enabled(x)
                 or q_state is None or len(q_state.ahead) != steps or steps == 0):
             return None
         h = getattr(q_state.ahead, "sequence", None)
         h = torch.stack(q_state.ahead) if h is None else h                     # (T, B, R)
-        zs, locs, scales = combiner_path(h, model.previous_z(state), self.z_to_hidden, self.loc, self.scale)
+        zs, locs, scales = combiner_path(h, model.previous_z(state), self.z_to_hidden, self.loc, self.scale,
+                                         standard_normal, MIN_SCALE)
         zs, locs, scales = zs.unbind(0), locs.unbind(0), scales.unbind(0)
         states = [state] + [model.z_state(z) for z in zs[:-1]]
         return states, list(locs), list(scales), list(zs), []
@@ -128,5 +129,5 @@ class Combiner(Inference):
         else:
             h = self.rnn(x.flatten(1), h_prev)                     # (B, R)
         h_c = (torch.tanh(self.z_to_hidden(model.previous_z(state))) + h).mul_(0.5)   # combiner
-        q_z = Normal(self.loc(h_c), nn.functional.softplus(self.scale(h_c)) + MIN_SCALE, validate_args=False)
+        q_z = Normal(self.loc(h_c), positive_scale(self.scale(h_c)), validate_args=False)
         return Posterior(q_z, CombinerState(h, ahead))

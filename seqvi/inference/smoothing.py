@@ -42,7 +42,7 @@ class Smoothing(Inference):
     def __init__(self, model: Any, hidden_size: Optional[int] = None, dense_size: int = 500, layers: int = 1,
                  residual: bool = True):
         super().__init__()
-        missing = [m for m in ("deterministic_path", "previous_z") if not callable(getattr(model, m, None))]
+        missing = [m for m in ("deterministic_path", "previous_z") if not model.has(m)]
         if missing:
             raise RecipeError(f"inference 'smoothing' needs a model with {' and '.join(m + '()' for m in missing)} "
                               f"(SRNN); {type(model).__name__} has none: use 'direct' or 'avf'")

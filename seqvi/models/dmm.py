@@ -34,9 +34,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Normal
 
-from seqvi.models import vjp
-from seqvi.models.linear import Linear, fused_linear
-from seqvi.models.base import LIKELIHOODS, MIN_SCALE, EmissionHead, SequentialModel, mlp
+from seqvi.models.base import LIKELIHOODS, MLPEmission, SequentialModel, mlp, positive_scale
+from seqvi.nn.linear import Fused, Linear
 
 
 class DMMState(NamedTuple):
@@ -44,7 +43,10 @@ class DMMState(NamedTuple):
 
 
 class GatedTransition(nn.Module):
-    """Parameterizes p(z_t | z_{t-1}): a gated mix of a linear map and a nonlinear proposal."""
+    """Parameterizes p(z_t | z_{t-1}): a gated mix of a linear map and a nonlinear proposal.
+
+    The three layers that read z_{t-1} (the gate's and the proposal's first layers, and the linear
+    map) run as one product where no graph is recorded (``seqvi.nn.linear.Fused``)."""
 
     def __init__(self, z_size: int, transition_size: int):
         super().__init__()
@@ -55,32 +57,18 @@ class GatedTransition(nn.Module):
         with torch.no_grad():
             self.z_to_loc.weight.copy_(torch.eye(z_size))
             self.z_to_loc.bias.zero_()
+        self._first = Fused(self.gate[0], self.proposed_mean[0], self.z_to_loc)
 
     def forward(self, z_prev: Tensor) -> Normal:
-        if not torch.is_grad_enabled() and z_prev.device.type == "cpu" and z_prev.dim() == 2:
-            return self._forward_no_graph(z_prev)
-        gate = torch.sigmoid(self.gate(z_prev))
-        proposed = self.proposed_mean(z_prev)
-        loc = (1 - gate) * self.z_to_loc(z_prev) + gate * proposed
-        scale = nn.functional.softplus(self.z_to_scale(torch.relu(proposed))) + MIN_SCALE
-        return Normal(loc, scale, validate_args=False)
-
-    def _forward_no_graph(self, z_prev: Tensor) -> Normal:
-        """``forward`` where nothing records a graph (AVF's in-loop prior, evaluation): the three
-        layers that read z_{t-1} as one product (``fused_linear``), the mix as one ``lerp``."""
-        first_g, first_m = self.gate[0], self.proposed_mean[0]
-        hidden, linear = fused_linear(self, "_first", (first_g, first_m, self.z_to_loc), z_prev).split(
-            [first_g.out_features + first_m.out_features, self.z_to_loc.out_features], 1)
-        h_g, h_m = hidden.relu_().split([first_g.out_features, first_m.out_features], 1)
-        gate = torch.sigmoid(self.gate[2](h_g))
-        proposed = self.proposed_mean[2](h_m)
+        hidden_g, hidden_m, linear = self._first(z_prev).split(self._first.sizes, -1)
+        gate = torch.sigmoid(self.gate[2](torch.relu(hidden_g)))
+        proposed = self.proposed_mean[2](torch.relu(hidden_m))
         loc = torch.lerp(linear, proposed, gate)                               # (1 - g) * linear + g * proposed
-        scale = nn.functional.softplus(self.z_to_scale(torch.relu(proposed))).add_(MIN_SCALE)
-        return Normal(loc, scale, validate_args=False)
+        return Normal(loc, positive_scale(self.z_to_scale(torch.relu(proposed))), validate_args=False)
 
 
 class DMM(SequentialModel):
-    stack_steps = True
+    rowwise = True
     markov_in_z = True
 
     def __init__(self, x_dim: int, likelihood: str = "bernoulli", z_size: int = 100, emission_size: int = 100,
@@ -92,8 +80,7 @@ class DMM(SequentialModel):
         self.feature_size = x_dim + z_size
         self.z_0 = nn.Parameter(torch.zeros(z_size))                                     # z_0
         self.transition = GatedTransition(z_size, transition_size)                      # p(z_t | z_{t-1})
-        self.emitter = nn.Sequential(mlp([z_size, emission_size, emission_size]),
-                                     EmissionHead(emission_size, x_dim, likelihood))    # p(x_t | z_t)
+        self.emitter = MLPEmission(z_size, 0, [emission_size, emission_size], x_dim, likelihood)   # p(x_t | z_t)
 
     def initial_state(self, batch_size: int) -> DMMState:
         return DMMState(self.z_0.expand(batch_size, -1))
@@ -104,9 +91,8 @@ class DMM(SequentialModel):
     def emission(self, z: Tensor, state: DMMState) -> Distribution:
         return self.emitter(z)
 
-    @torch.no_grad()
-    def emission_recon_grad(self, z: Tensor, state: DMMState, x: Tensor, value: bool = True) -> tuple | None:
-        return vjp.mlp_emission_grad(self.emitter[0], self.emitter[1], z, x, value=value)
+    def emission_grad(self, z: Tensor, state: DMMState, x: Tensor, value: bool = True) -> tuple | None:
+        return self.emitter.recon_grad(z, None, x, value)
 
     def advance(self, state: DMMState, x: Tensor, z: Tensor) -> DMMState:
         return DMMState(z)

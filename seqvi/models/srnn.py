@@ -37,9 +37,9 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Normal
 
-from seqvi.models import vjp
-from seqvi.models.lstm import lstm_step
-from seqvi.models.base import LIKELIHOODS, EmissionHead, GaussianHead, SequentialModel, mlp
+from seqvi.models.base import LIKELIHOODS, GaussianHead, MLPEmission, SequentialModel, mlp
+from seqvi.nn import mlp_grad
+from seqvi.nn.lstm import LSTMStep
 
 
 class ClippedLeakyReLU(nn.Module):
@@ -54,7 +54,7 @@ def _clipped_leaky_relu_derivative(module: nn.Module, a: Tensor, y: Tensor) -> T
     return torch.where(a > 0, 1.0, 1.0 / 3.0) * ((leaky >= -3.0) & (leaky <= 3.0))
 
 
-vjp.register_derivative(ClippedLeakyReLU, _clipped_leaky_relu_derivative)
+mlp_grad.register_derivative(ClippedLeakyReLU, _clipped_leaky_relu_derivative)
 
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -69,7 +69,7 @@ class SRNNState(NamedTuple):
 
 
 class SRNN(SequentialModel):
-    stack_steps = True
+    rowwise = True
 
     def __init__(self, x_dim: int, likelihood: str = "bernoulli", hidden_size: int = 300, z_size: int = 100,
                  dense_size: int = 500, layers: int = 1, decoder_layers: Optional[int] = None,
@@ -87,14 +87,10 @@ class SRNN(SequentialModel):
         H, Z, F, act = hidden_size, z_size, dense_size, ACTIVATIONS[activation]
         self.rnn = nn.LSTM(x_dim, H, batch_first=True)                                       # d_t = f(d_{t-1}, x_{t-1})
         self.prior_net = nn.Sequential(mlp([H + Z] + [F] * layers, act), GaussianHead(F, Z))  # p(z_t | z_{t-1}, d_t)
-        self.dec_net = nn.Sequential(mlp([H + Z] + [F] * decoder_layers, act),
-                                     EmissionHead(F, x_dim, likelihood))                     # p(x_t | z_t, d_t)
-
-    def _step(self, x: Tensor, d: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-        # One cell step with the LSTM's own weights: nn.LSTM on a length-1 sequence goes through
-        # oneDNN, whose per-call set-up made the backward ~3 ms per step (measured, B 16, H 300).
-        rnn = self.rnn
-        return lstm_step(rnn, x, d, c, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+        self.dec_net = MLPEmission(Z, H, [F] * decoder_layers, x_dim, likelihood, act, z_first=False)  # p(x_t | z_t, d_t) on [d, z]
+        # One cell step with the LSTM's own weights (nn.LSTM on a length-1 sequence is slow per call;
+        # README, Performance).
+        self._step = LSTMStep(self.rnn, suffix="_l0")
 
     def initial_state(self, batch_size: int) -> SRNNState:
         zeros = torch.zeros(batch_size, self.hidden_size, device=self.device)
@@ -105,13 +101,10 @@ class SRNN(SequentialModel):
         return self.prior_net(torch.cat([state.d, state.z], -1))
 
     def emission(self, z: Tensor, state: SRNNState) -> Distribution:
-        return self.dec_net(torch.cat([state.d, z], -1))
+        return self.dec_net(z, state.d)
 
-    @torch.no_grad()
-    def emission_recon_grad(self, z: Tensor, state: SRNNState, x: Tensor, value: bool = True) -> tuple | None:
-        H = state.d.shape[1]
-        return vjp.mlp_emission_grad(self.dec_net[0], self.dec_net[1], torch.cat([state.d, z], -1), x,
-                                     slice(H, H + z.shape[1]), value)
+    def emission_grad(self, z: Tensor, state: SRNNState, x: Tensor, value: bool = True) -> tuple | None:
+        return self.dec_net.recon_grad(z, state.d, x, value)
 
     def advance(self, state: SRNNState, x: Tensor, z: Tensor) -> SRNNState:
         d, c = self._step(x, state.d, state.c)

@@ -16,6 +16,9 @@ softplus scales with a floor of 1e-4 (the paper does not specify the floor).
 
 phi_x(x_t) is computed once per step: ``features`` and ``advance`` receive the
 same x_t tensor within a step, so the second call reuses the first's result.
+The LSTM steps through ``seqvi.nn.lstm`` (weight gradients once per sequence);
+the emission's z-gradient (AVF's gradient input) is by hand through phi_z and
+``MLPEmission``.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Normal
 
-from seqvi.models import vjp
-from seqvi.models.lstm import lstm_step
-from seqvi.models.base import LIKELIHOODS, EmissionHead, GaussianHead, SequentialModel, mlp
+from seqvi.models.base import LIKELIHOODS, GaussianHead, MLPEmission, SequentialModel, mlp
+from seqvi.nn import mlp_grad
+from seqvi.nn.lstm import LSTMStep
 
 
 class VRNNState(NamedTuple):
@@ -37,7 +40,7 @@ class VRNNState(NamedTuple):
 
 
 class VRNN(SequentialModel):
-    stack_steps = True
+    rowwise = True
 
     def __init__(self, x_dim: int, likelihood: str = "bernoulli", hidden_size: int = 256,
                  z_size: int = 32, feature_size: int = 128, layers: int = 1):
@@ -50,8 +53,9 @@ class VRNN(SequentialModel):
         self.phi_x = mlp([x_dim] + [F] * layers)                      # parameterizes phi_x(x_t)
         self.phi_z = mlp([z_size] + [F] * layers)                     # parameterizes phi_z(z_t)
         self.prior_net = nn.Sequential(mlp([H] + [F] * layers), GaussianHead(F, z_size))     # p(z_t | h_{t-1})
-        self.dec_net = nn.Sequential(mlp([F + H] + [F] * layers), EmissionHead(F, x_dim, likelihood))  # p(x_t | z_t, h_{t-1})
+        self.dec_net = MLPEmission(F, H, [F] * layers, x_dim, likelihood)          # p(x_t | z_t, h_{t-1}) on [phi_z, h]
         self.rnn = nn.LSTMCell(2 * F, H)                              # h_t = f(h_{t-1}, x_t, z_t)
+        self._lstm = LSTMStep(self.rnn)
         self._phi_x_last: tuple | None = None                        # (x_t, grad mode, phi_x(x_t))
 
     def initial_state(self, batch_size: int) -> VRNNState:
@@ -62,22 +66,16 @@ class VRNN(SequentialModel):
         return self.prior_net(state.h)
 
     def emission(self, z: Tensor, state: VRNNState) -> Distribution:
-        return self.dec_net(torch.cat([self.phi_z(z), state.h], -1))
+        return self.dec_net(self.phi_z(z), state.h)
 
     @torch.no_grad()
-    def emission_recon_grad(self, z: Tensor, state: VRNNState, x: Tensor, value: bool = True) -> tuple | None:
-        phi = vjp.forward(self.phi_z, z)
-        if phi is None:
-            return None
-        phi_z, tape = phi
-        out = vjp.mlp_emission_grad(self.dec_net[0], self.dec_net[1], torch.cat([phi_z, state.h], -1), x,
-                                    slice(0, phi_z.shape[1]), value)
-        return None if out is None else (out[0], tape.backward(out[1]))
+    def emission_grad(self, z: Tensor, state: VRNNState, x: Tensor, value: bool = True) -> tuple | None:
+        phi = mlp_grad.forward(self.phi_z, z)                                  # phi_z(z) and its tape
+        out = None if phi is None else self.dec_net.recon_grad(phi[0], state.h, x, value)
+        return None if out is None else (out[0], phi[1].backward(out[1]))
 
     def advance(self, state: VRNNState, x: Tensor, z: Tensor) -> VRNNState:
-        rnn = self.rnn
-        h, c = lstm_step(rnn, torch.cat([self._embed(x), self.phi_z(z)], -1), state.h, state.c,
-                         rnn.weight_ih, rnn.weight_hh, rnn.bias_ih, rnn.bias_hh)
+        h, c = self._lstm(torch.cat([self._embed(x), self.phi_z(z)], -1), state.h, state.c)
         return VRNNState(h, c)
 
     def features(self, x: Tensor, state: VRNNState) -> Tensor:

@@ -1,31 +1,25 @@
-"""Hand-written input gradients of small MLP emissions, for AVF's gradient input.
+"""The input gradient of an MLP of Linear layers and pointwise activations, by hand.
 
-AVF needs, at every step and iteration, ``grad_z R`` with
-``R = -log p(x_t | z, h)`` (B,) and z (B, Z) — the gradient with respect to
-the emission's INPUT only, never its weights. Autograd gets it by recording
-the emission's graph and running the engine once per step; at the batch
-sizes of filtering (16-64 rows) that bookkeeping costs about as much as the
-arithmetic. For an ``nn.Sequential`` of ``Linear`` layers and pointwise
-activations the chain rule is a handful of products::
+AVF's gradient input needs, at every step and iteration, the gradient of the
+emission's negative log-likelihood with respect to its INPUT only, never its
+weights. Autograd gets it by recording the graph and running the engine once
+per step; at filtering batch sizes that bookkeeping costs about as much as
+the arithmetic. For an ``nn.Sequential`` of ``nn.Linear`` layers and
+pointwise activations the chain rule is a handful of products::
 
     forward:   a_l = h_{l-1} W_l^T + b_l,   h_l = act_l(a_l)
     backward:  g_{l-1} = (g_l * act_l'(a_l)) W_l
 
-and the likelihood heads have closed-form derivatives in their parameters::
-
-    Bernoulli(logits):   R = BCE(logits, x),                          dR/dlogits = sigmoid(logits) - x
-    Normal(loc, s),      s = softplus(u) + s_min:
-                         R = log s + (x - loc)^2 / (2 s^2) + log(2 pi) / 2
-                         dR/dloc = -(x - loc) / s^2,   dR/du = (1 / s - (x - loc)^2 / s^3) * sigmoid(u)
-
-Everything runs under ``no_grad``. A network with any other module returns
-``None`` from ``forward``, and callers fall back to autograd; the results
-are the same numbers up to float rounding (tests/test_fast_path.py).
+``forward(net, h)`` runs the network without autograd and returns
+``(output, tape)``; ``tape.backward(g, columns)`` maps dR/d(output) to
+dR/d(input), optionally for some input columns only. A network with any
+other module gives ``None``: the caller then uses autograd (the reference
+path), with the same numbers up to float rounding (tests/test_fast_path.py).
+``register_derivative`` teaches it another pointwise activation.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional
 
 import torch
@@ -53,6 +47,7 @@ class Tape:
     def __init__(self, modules: list[nn.Module], records: list[tuple[Tensor, Tensor] | None]):
         self.modules, self.records = modules, records
 
+    @torch.no_grad()
     def backward(self, g: Tensor, columns: Optional[slice] = None) -> Tensor:
         """g = dR/d(output) -> dR/d(input); ``columns`` keeps only those input columns
         (the first layer's product then only runs over them)."""
@@ -99,42 +94,3 @@ def forward(net: nn.Module, h: Tensor) -> Optional[tuple[Tensor, Tape]]:
             a, h = h, module(h)
             records.append((a, h))
     return h, Tape(modules, records)
-
-
-@torch.no_grad()
-def head_recon_grad(head: nn.Module, h: Tensor, x: Tensor, value: bool = True) -> Optional[tuple]:
-    """For ``seqvi.models.base.EmissionHead`` on features h (B, F) and data x (B, D):
-    (R = -log p(x | h) (B,), dR/dh (B, F)), or None for another head; R is None unless ``value``."""
-    from seqvi.models.base import MIN_SCALE, EmissionHead
-
-    if not isinstance(head, EmissionHead) or x.dim() != 2:
-        return None
-    if head.likelihood == "bernoulli":
-        logits = head.logits(h)
-        recon = nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(1) if value else None
-        return recon, (torch.sigmoid(logits) - x) @ head.logits.weight
-    gauss = head.gaussian
-    loc, u = gauss.loc(h), gauss.scale(h)
-    scale = nn.functional.softplus(u) + MIN_SCALE
-    diff, inv = x - loc, scale.reciprocal()
-    sq = (diff * inv).square()
-    recon = (scale.log() + 0.5 * sq + 0.5 * math.log(2 * math.pi)).sum(1) if value else None
-    g_loc = -diff * inv * inv
-    g_u = (inv - sq * inv) * torch.sigmoid(u)
-    return recon, g_loc @ gauss.loc.weight + g_u @ gauss.scale.weight
-
-
-def mlp_emission_grad(body: nn.Module, head: nn.Module, inp: Tensor, x: Tensor,
-                      columns: Optional[slice] = None, value: bool = True) -> Optional[tuple]:
-    """(R (B,), dR/d(inp[:, columns])) for the emission head(body(inp)); None if unsupported;
-    R is None unless ``value``."""
-    fwd = forward(body, inp)
-    if fwd is None:
-        return None
-    h, tape = fwd
-    out = head_recon_grad(head, h, x, value)
-    if out is None:
-        return None
-    recon, g_h = out
-    with torch.no_grad():
-        return recon, tape.backward(g_h, columns)

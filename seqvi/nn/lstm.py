@@ -6,51 +6,29 @@ For input x_t (B, I), state (h, c) (B, H) and torch's gate order (i, f, g, o)::
     c' = sigmoid(f) * c + sigmoid(i) * tanh(g),    h' = sigmoid(o) * tanh(c')
 
 Autograd through ``torch.lstm_cell`` forms dW_ih = d_t^T x_t and
-dW_hh = d_t^T h_{t-1} at every step, outer products with an inner dimension
-of B, and adds each into the (4H, I + H) gradient: at the VRNN's TIMIT sizes
-(H 2,000, B 64) those two steps were a third of the training step, running
-at a fraction of the matmul rate and moving the whole gradient through
-memory twice per step. Here each step's backward returns only the
-gradients of (x, h, c) and keeps d_t (the gates' gradient) on a per-sequence
-``Tape``; the backward of the sequence's FIRST step, which autograd runs
-last (every later step depends on its output), forms every weight gradient
-as one product over all (B * T) rows. The tape travels on the step's output
-tensor, so a state produced by anything else (the initial state, a
-re-indexed particle state) starts a new one. A backward pass that stops
-before a tape's first step (one that asks for other inputs only) leaves
-entries that the next pass discards.
+dW_hh = d_t^T h_{t-1} at every step: outer products with an inner dimension
+of B, each added into the (4H, I + H) gradient. Here each step's backward
+returns only the gradients of (x, h, c) and keeps d_t (the gates' gradient)
+on a per-sequence ``Tape``; the backward of the sequence's FIRST step, which
+autograd runs last (every later step depends on its output), forms every
+weight gradient as one product over all (B * T) rows. The tape travels on
+the step's output tensor, so a state produced by anything else (the initial
+state, a re-indexed particle state) starts a new one. A backward pass that
+stops before a tape's first step leaves entries that the next pass discards.
 
 The forward multiplies by contiguous copies of W_ih^T and W_hh^T made once
-per tape (CPU products with a transposed right operand measured 1.2-1.8x
-slower at these batch sizes). Values and gradients are ``torch.lstm_cell``'s
-up to float rounding (tests/test_fast_path.py); on other devices callers use
-``torch.lstm_cell`` itself, and so does every step taken without a graph
-(measured as fast at batch 64 and 15% faster at 1,024 rows).
+per tape. Reference path: ``torch.lstm_cell``, which also runs on other
+devices and wherever no graph is recorded (as fast there). Values and
+gradients agree up to float rounding (tests/test_fast_path.py).
 """
 
 from __future__ import annotations
 
-import contextlib
-from contextvars import ContextVar
-from typing import Iterator, Optional
-
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from seqvi.models.linear import versioned
-
-_INPUTS_ONLY: ContextVar[bool] = ContextVar("lstm_inputs_only", default=False)
-
-
-@contextlib.contextmanager
-def inputs_only() -> Iterator[None]:
-    """Within this block, backward passes form no LSTM weight gradients (a pass that asks for other
-    inputs only, e.g. AVF's deferred aux towards its leaves): autograd would discard them."""
-    token = _INPUTS_ONLY.set(True)
-    try:
-        yield
-    finally:
-        _INPUTS_ONLY.reset(token)
+from seqvi.nn import enabled
+from seqvi.nn.linear import VersionedCache
 
 
 class Tape:
@@ -97,7 +75,7 @@ class _LSTMStep(torch.autograd.Function):
         d_x = d_gates @ w_ih if ctx.needs_input_grad[0] else None
         d_h_prev = d_gates @ w_hh
         tape, weights = ctx.tape, (None, None, None, None)
-        if any(ctx.needs_input_grad[3:7]) and not _INPUTS_ONLY.get():
+        if any(ctx.needs_input_grad[3:7]):
             tape.add(ctx.index, d_gates, x, h)
             if ctx.index == 0:                                                   # the sequence's first step: last here
                 g_ih, g_hh, g_b = tape.weight_grads()
@@ -105,19 +83,32 @@ class _LSTMStep(torch.autograd.Function):
         return d_x, d_h_prev, d_c * f, *weights, None, None
 
 
-def lstm_step(owner: torch.nn.Module, x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
-              b_ih: Tensor, b_hh: Tensor) -> tuple[Tensor, Tensor]:
-    """(h', c') for one step of ``owner``'s LSTM weights; on CPU through ``_LSTMStep`` (module
-    docstring), with W^T cached on ``owner`` while the weights are unchanged; else ``torch.lstm_cell``."""
-    if x.device.type != "cpu" or not torch.is_grad_enabled():   # without a graph torch's cell is as fast or faster
-        return torch.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh)
-    versions = (w_ih._version, w_hh._version)
-    tape: Optional[Tape] = getattr(h, "_seqvi_lstm_tape", None)
-    if tape is None or tape.versions != versions:
-        w_ih_t, w_hh_t = versioned(owner, "_seqvi_lstm_t", (w_ih, w_hh), lambda: (
-            w_ih.detach().t().contiguous(), w_hh.detach().t().contiguous()))
-        tape = Tape(w_ih_t, w_hh_t, versions)
-    h_new, c_new = _LSTMStep.apply(x, h, c, w_ih, w_hh, b_ih, b_hh, tape, tape.steps)
-    tape.steps += 1
-    h_new._seqvi_lstm_tape = tape
-    return h_new, c_new
+class LSTMStep:
+    """One step of an LSTM cell's weights, ``(h', c') = step(x, h, c)``, held by the module that owns
+    the cell; ``names`` are the cell's weight attributes (``nn.LSTM`` layer 0: suffix ``_l0``)."""
+
+    def __init__(self, cell: nn.Module, suffix: str = ""):
+        self.cell, self.suffix = cell, suffix
+        self._transposes = VersionedCache()
+
+    def weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return tuple(getattr(self.cell, f"{name}{self.suffix}") for name in ("weight_ih", "weight_hh",
+                                                                             "bias_ih", "bias_hh"))
+
+    def __call__(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        w_ih, w_hh, b_ih, b_hh = self.weights()
+        if not (torch.is_grad_enabled() and enabled(x)):   # reference; also where no graph is recorded
+            return torch.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh)
+        versions = (w_ih._version, w_hh._version)
+        tape: Tape | None = getattr(h, "_seqvi_lstm_tape", None)
+        if tape is None or tape.versions != versions:
+            w_ih_t, w_hh_t = self._transposes.get((w_ih, w_hh), lambda: (
+                w_ih.detach().t().contiguous(), w_hh.detach().t().contiguous()))
+            tape = Tape(w_ih_t, w_hh_t, versions)
+        h_new, c_new = _LSTMStep.apply(x, h, c, w_ih, w_hh, b_ih, b_hh, tape, tape.steps)
+        tape.steps += 1
+        h_new._seqvi_lstm_tape = tape
+        return h_new, c_new
+
+    def __getstate__(self) -> dict:
+        return {"cell": self.cell, "suffix": self.suffix, "_transposes": VersionedCache()}

@@ -8,7 +8,7 @@ h_t (B, R) the RNN over x (computed before, ``seqvi.inference.elman``)::
     c_t   = (tanh(a_t) + h_t) / 2                   (B, R)   the combiner (time-major: h is (T, B, R))
     loc_t = c_t W_l^T + b_l,   u_t = c_t W_s^T + b_s            (B, Z)
     s_t   = softplus(u_t) + s_min
-    z_t   = loc_t + s_t * eps_t,   eps_t ~ N(0, I)  (drawn step by step, as the generic loop does)
+    z_t   = loc_t + s_t * eps_t,   eps_t = noise(like (B, Z))  (drawn step by step, as the generic loop does)
 
 The forward runs it without a graph. Given dL/dz_t, dL/dloc_t, dL/ds_t from
 everything computed after the loop (transition, emission, KL on stacked
@@ -20,8 +20,10 @@ rows), the backward keeps only the chain through z::
     dL/dh_t = d_c / 2,              d_a = d_c / 2 * (1 - tanh(a_t)^2),    carry_t = d_a W_z
 
 and forms the weight gradients afterwards as one product over all (B*T)
-rows each. Same numbers as the per-step loop up to float rounding
-(tests/test_fast_path.py); about five times fewer operations per step.
+rows each. The reference path is the generic per-step loop over the
+combiner's ``posterior``; both give the same numbers up to float rounding
+(tests/test_fast_path.py). ``noise`` and ``s_min`` come from the caller, so
+that the draws follow the caller's noise stream (e.g. data-parallel shards).
 """
 
 from __future__ import annotations
@@ -29,14 +31,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from seqvi.free_energy import standard_normal
-from seqvi.models.base import MIN_SCALE
 
 
 class _CombinerPath(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: Tensor, z_0: Tensor, w_z: Tensor, b_z: Tensor, w_l: Tensor, b_l: Tensor,
-                w_s: Tensor, b_s: Tensor):
+                w_s: Tensor, b_s: Tensor, noise, s_min: float):
         steps, batch, size = h.shape                                             # h: (T, B, R)
         zdim = w_l.shape[0]
         w_z_t, w_ls_t = w_z.t().contiguous(), torch.cat([w_l, w_s]).t().contiguous()
@@ -51,10 +51,10 @@ class _CombinerPath(torch.autograd.Function):
             a = torch.addmm(b_z, z, w_z_t, out=tanh[t]).tanh_()
             c = torch.add(half_h[t], a, alpha=0.5, out=comb[t])
             o = torch.addmm(b_ls, c, w_ls_t, out=out[t])
-            scale = torch._C._nn.softplus(o[:, zdim:], 1.0, 20.0, out=scales[t]).add_(MIN_SCALE)
-            noise = eps[t]
-            noise.copy_(standard_normal(noise))                                  # (B, Z), as the loop draws it
-            z = torch.addcmul(o[:, :zdim], scale, noise, out=zs[t])
+            scale = torch._C._nn.softplus(o[:, zdim:], 1.0, 20.0, out=scales[t]).add_(s_min)
+            draw = eps[t]
+            draw.copy_(noise(draw))                                  # (B, Z), as the loop draws it
+            z = torch.addcmul(o[:, :zdim], scale, draw, out=zs[t])
         ctx.save_for_backward(z_0, w_z, w_l, w_s, tanh, comb, out, eps, zs)
         return zs, out[:, :, :zdim], scales
 
@@ -83,11 +83,13 @@ class _CombinerPath(torch.autograd.Function):
         grad_w_z, grad_b_z = flat_a.t() @ previous, flat_a.sum(0)
         grad_w_ls, grad_b_ls = flat_out.t() @ comb.view(rows, size), flat_out.sum(0)
         return (d_c.mul_(0.5), carry, grad_w_z, grad_b_z, grad_w_ls[:zdim], grad_b_ls[:zdim],
-                grad_w_ls[zdim:], grad_b_ls[zdim:])
+                grad_w_ls[zdim:], grad_b_ls[zdim:], None, None)
 
 
-def combiner_path(h: Tensor, z_0: Tensor, z_to_hidden, loc, scale) -> tuple[Tensor, Tensor, Tensor]:
+def combiner_path(h: Tensor, z_0: Tensor, z_to_hidden, loc, scale, noise, s_min: float
+                  ) -> tuple[Tensor, Tensor, Tensor]:
     """(z, loc, scale), each (T, B, Z), for the RNN outputs h (T, B, R) and z_0 (B, Z); the three
-    layers are the combiner's ``z_to_hidden``, ``loc`` and ``scale`` (``nn.Linear``)."""
+    layers are the combiner's ``z_to_hidden``, ``loc`` and ``scale`` (``nn.Linear``); ``noise(like)``
+    draws eps_t, ``s_min`` is the scale's floor."""
     return _CombinerPath.apply(h, z_0, z_to_hidden.weight, z_to_hidden.bias, loc.weight, loc.bias,
-                               scale.weight, scale.bias)
+                               scale.weight, scale.bias, noise, s_min)

@@ -15,16 +15,17 @@ sequential::
 and forms every weight gradient afterwards as one product over all (B*T)
 rows (dW_hh = sum_t d_t^T h_{t-1}, dW_ih = sum_t d_t^T x_t, db = sum_t d_t)
 instead of T small outer products accumulated one by one, which is what
-autograd does through ``torch.rnn_relu`` on CPU (measured: its backward
-cost three times its forward at Pyro's DMM sizes). The numbers are
-``torch.rnn_relu`` / ``torch.rnn_tanh``'s up to float rounding
-(tests/test_fast_path.py).
+autograd does through ``torch.rnn_relu`` on CPU. Reference path:
+``torch.rnn_relu`` / ``torch.rnn_tanh`` (``rnn_reference``); the numbers
+agree up to float rounding (tests/test_fast_path.py).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from seqvi.nn import enabled
 
 
 class _Elman(torch.autograd.Function):
@@ -68,7 +69,19 @@ class _Elman(torch.autograd.Function):
 
 def elman_rnn(x: Tensor, h_0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor,
               nonlinearity: str = "relu") -> Tensor:
-    """H = h_{1:T} (B, T, R) for x (B, T, D) from h_0 (B, R); ``nonlinearity`` "relu" or "tanh"."""
+    """H = h_{1:T} (B, T, R) for x (B, T, D) from h_0 (B, R); ``nonlinearity`` "relu" or "tanh".
+    The kernel where ``seqvi.nn.enabled``, else the reference ``rnn_reference``."""
     if nonlinearity not in ("relu", "tanh"):
         raise ValueError(f"nonlinearity must be relu or tanh, got {nonlinearity!r}")
+    if not enabled(x):
+        return rnn_reference(x, h_0, (w_ih, w_hh, b_ih, b_hh), nonlinearity)
     return _Elman.apply(x, h_0, w_ih, w_hh, b_ih, b_hh, nonlinearity == "relu")
+
+
+RUNS = {"relu": torch.rnn_relu, "tanh": torch.rnn_tanh, "gru": torch.gru}
+
+
+def rnn_reference(x: Tensor, h_0: Tensor, weights: tuple, cell: str, training: bool = False) -> Tensor:
+    """torch's own single-layer RNN (``cell``: relu, tanh or gru) over x (B, T, D) -> (B, T, R)."""
+    h, _ = RUNS[cell](x, h_0.unsqueeze(0).contiguous(), list(weights), True, 1, 0.0, training, False, True)
+    return h
