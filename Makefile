@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(SEQVI) train recipes/quickstart.yaml --run-dir runs/quickstart
 	$(SEQVI) sample --checkpoint runs/quickstart --num 4 --length 64 --prime 8
 	$(SEQVI) eval --checkpoint runs/quickstart --split test
-	@echo "run: runs/quickstart   samples: runs/quickstart/samples (MIDI + samples.png)   plot: runs/quickstart/eval/test.png"
+	@echo "run: runs/quickstart   samples: runs/quickstart/samples (MIDI + samples.png)   plot: runs/quickstart/eval/test-best.png"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

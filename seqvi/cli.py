@@ -166,12 +166,13 @@ def eval_(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run directo
     run = load_run(checkpoint, device)
     out = evaluate_run(run, split, bound=bound, particles=particles, iterations=iterations, refine_steps=refine,
                        refine_lr=refine_lr, seed=seed, json_out=json_out)
-    result = out["result"]
+    result, name = out["result"], f"{split}-{out['tag']}"
+    console.print(f"checkpoint: {run.checkpoint} (epoch {run.epoch}, step {run.step})")
     console.print(eval_table(result, per_step))
-    plot = plot_free_energy(result, run.run_dir / "eval" / f"{split}.png")
+    plot = plot_free_energy(result, run.run_dir / "eval" / f"{name}.png")
     if out["curve"] is not None:
-        console.print(iteration_table(out["curve"], split))
-        console.print(f"iterations plot: {plot_iterations(out['curve'], run.run_dir / 'eval' / f'{split}_iterations.png')}")
+        console.print(iteration_table(out["curve"], split, run.inference.iterations))
+        console.print(f"iterations plot: {plot_iterations(out['curve'], run.run_dir / 'eval' / f'{name}_iterations.png')}")
     console.print(f"{split}: {result.nats_per_step:.4f} nats/step, {result.nats_per_sequence:.2f} nats/sequence "
                   f"({result.num_sequences} sequences, {result.steps} steps)")
     console.print(f"results: {out['json']}\nplot: {plot}")

@@ -79,12 +79,24 @@ def buckets(length: int) -> list[tuple[int, int]]:
     return [r for r in rows if r[0] <= length]
 
 
+COLLAPSE_KL = 0.01   # nats per step: below it, z carries (almost) nothing
+
+
+def collapse_note(kl_per_step: float) -> str:
+    """"posterior collapse: z unused" when the KL per step is below COLLAPSE_KL, else ""."""
+    return f"posterior collapse: z unused (KL {kl_per_step:.4f} nats/step)" if kl_per_step < COLLAPSE_KL else ""
+
+
 def eval_table(result: Any, per_step: bool = False, title: str | None = None) -> Table:
     """Free energy per time step: mean over the sequences active at those steps."""
     length = len(result.active)
     rows = [(t, t) for t in range(1, length + 1)] if per_step else buckets(length)
     extra = list(result.extra)
-    table = Table(title=title or f"free energy per time step — {result.split} (nats, lower is better)")
+    steps = max(result.steps, 1)
+    caption = f"{result.num_sequences} sequences, {result.steps} steps"
+    note = collapse_note(float(result.kl.sum()) / steps)
+    table = Table(title=title or f"free energy per time step — {result.split} (nats, lower is better)",
+                  caption=caption + (f"; [bold yellow]{note}[/]" if note else ""))
     table.add_column("t", justify="right")
     for name in ("free energy", "reconstruction", "KL", *extra, "active seqs"):
         table.add_column(name, justify="right")
@@ -98,21 +110,22 @@ def eval_table(result: Any, per_step: bool = False, title: str | None = None) ->
         cells = [f"{result.extra[c][sl].sum() / n:.4f}" for c in extra]
         table.add_row(label, f"{recon + kl:.4f}", f"{recon:.4f}", f"{kl:.4f}", *cells,
                       f"{int(result.active[lo - 1])}")
-    steps = max(result.steps, 1)
     table.add_section()
     table.add_row("per step", f"{result.nats_per_step:.4f}", f"{result.recon.sum() / steps:.4f}",
                   f"{result.kl.sum() / steps:.4f}", *[f"{result.column_totals(c)[0]:.4f}" for c in extra],
-                  f"{result.num_sequences}", style="bold")
+                  "", style="bold")
     seqs = max(result.num_sequences, 1)
     table.add_row("per sequence", f"{result.nats_per_sequence:.2f}", f"{result.recon.sum() / seqs:.2f}",
                   f"{result.kl.sum() / seqs:.2f}", *[f"{result.column_totals(c)[1]:.2f}" for c in extra],
-                  f"{result.steps} steps", style="bold")
+                  "", style="bold")
     return table
 
 
-def iteration_table(curve: np.ndarray, split: str) -> Table:
-    """AVF's free energy per step after each inference iteration (0 = the prior)."""
-    table = Table(title=f"AVF free energy by inference iteration — {split} (nats/step)")
+def iteration_table(curve: np.ndarray, split: str, trained: int | None = None) -> Table:
+    """AVF's free energy per step after each inference iteration (0 = the prior); ``trained``: the
+    iterations the network was trained with."""
+    caption = f"the network was trained with {trained} iteration{'s' if trained != 1 else ''} per step" if trained else None
+    table = Table(title=f"AVF free energy by inference iteration — {split} (nats/step)", caption=caption)
     table.add_column("iteration", justify="right")
     table.add_column("free energy", justify="right")
     table.add_column("change", justify="right")

@@ -87,7 +87,7 @@ def test_download_preprocess_train_eval_sample(tmp_path, manifests, server):
     total = sum(per_step["recon"]) + sum(per_step["kl"])
     assert report["nats_per_step"] == pytest.approx(total / sum(per_step["active"]))
     assert report["nats_per_sequence"] == pytest.approx(total / 3)
-    assert "per sequence" in result.output and (run_dir / "eval" / "test.png").stat().st_size > 1000
+    assert "per sequence" in result.output and (run_dir / "eval" / "test-best.png").stat().st_size > 1000
 
     result = run("sample", "--checkpoint", run_dir, "--num", "2", "--length", "12", "--prime", "4")
     assert result.exit_code == 0, result.output

@@ -1,7 +1,11 @@
 """Evaluation: the free energy of a whole split per time step, tighter bounds, the gap.
 
 Every sequence is filtered whole (no crops) under a fixed seed, so a number
-can be reproduced. Per-step sums over sequences are accumulated, so the
+can be reproduced. Each pass over a batch draws from its own stream, derived
+from (seed, batch, pass): the free energy, the refinement, and each bound, so
+a figure does not change with what else is asked (``--bound``, ``--refine``).
+Under data parallelism the noise of the whole batch is drawn and sliced
+(``noise_shard``), so N processes compute what one does. Per-step sums over sequences are accumulated, so the
 report shows F_t, its reconstruction and KL parts, and how many sequences are
 still active at t. Optional columns, all in nats (negated log-likelihood
 bounds, so lower is better and comparable with F):
@@ -33,6 +37,7 @@ from seqvi.data.store import SplitData
 from seqvi.engine.iterations import iteration_curve
 from seqvi.engine.runs import write_text_atomic
 from seqvi.errors import SeqviError
+from seqvi.free_energy import noise_shard
 from seqvi.inference.refine import refine as refine_step
 from seqvi.objectives import BOUNDS, Bound, bound as run_bound, filter_sequence
 
@@ -108,7 +113,7 @@ def evaluate(model: Any, inference: Any, split: SplitData, name: str, *, batch_s
              dist: Any = None, bin_width: float | None = None) -> EvalResult:
     """Free energy (and optional bounds, exact likelihood, gap) of every sequence of ``split``.
 
-    The global RNG is left untouched (evaluation runs under its own seed).
+    The global RNG is left untouched (evaluation runs under its own seeds, module docstring).
     Under data parallelism (``dist``) each process takes its rows of every
     batch and the sums are all-reduced, so every process returns the totals.
     """
@@ -117,28 +122,36 @@ def evaluate(model: Any, inference: Any, split: SplitData, name: str, *, batch_s
     model.eval()
     inference.eval()
     devices = [device.index or 0] if device.type == "cuda" else []
-    refine_fn = partial(refine_step, **refine) if refine else None
     exact = model.exact_log_likelihood if model.has("exact_log_likelihood") else None
     total = len(split)
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        for batch in whole_batches(split, batch_size):
+        for i, batch in enumerate(whole_batches(split, batch_size)):
+            size = len(batch.x)
+            rows = torch.arange(size)
             if dist is not None and dist.active:
+                rows = rows[dist.rank::dist.world]
                 batch = batch._replace(**{k: None if v is None else v[dist.rank::dist.world]
                                           for k, v in batch._asdict().items() if k != "indices"})
                 if len(batch.x) == 0:
                     continue
             batch = batch.to(device)
             x, mask = batch.x, batch.mask
-            terms = filter_sequence(model, inference, x, mask, inputs=batch.inputs, refine=refine_fn,
-                                    bin_width=bin_width)
-            extra = {}
-            if terms.recon_binned is not None:
-                extra["F (binned)"] = terms.recon_binned + terms.kl
-                extra["recon (binned)"] = terms.recon_binned
-            for which in bounds:
-                extra[which.label(particles)] = -run_bound(model, inference, x, mask, which, particles,
-                                                           inputs=batch.inputs).increments
+            refine_fn = None
+            if refine:
+                generator = torch.Generator(device=device).manual_seed(_stream(seed, i, "refine"))
+                refine_fn = partial(refine_step, generator=generator, **refine)
+            with noise_shard(rows, size):
+                torch.manual_seed(_stream(seed, i, "free energy"))
+                terms = filter_sequence(model, inference, x, mask, inputs=batch.inputs, refine=refine_fn,
+                                        bin_width=bin_width)
+                extra = {}
+                if terms.recon_binned is not None:
+                    extra["F (binned)"] = terms.recon_binned + terms.kl
+                    extra["recon (binned)"] = terms.recon_binned
+                for which in bounds:
+                    torch.manual_seed(_stream(seed, i, which.name))
+                    extra[which.label(particles)] = -run_bound(model, inference, x, mask, which, particles,
+                                                               inputs=batch.inputs).increments
             if exact is not None:
                 extra["-log p (exact)"] = -exact(x, mask)
             if terms.gap is not None:
@@ -153,6 +166,12 @@ def evaluate(model: Any, inference: Any, split: SplitData, name: str, *, batch_s
     if dist is not None and dist.active:
         result = _all_reduce(result, dist)
     return result
+
+
+def _stream(seed: int, batch: int, name: str) -> int:
+    """The seed of one pass over one batch: a pure function of (seed, batch, pass name)."""
+    words = [int(b) for b in name.encode()]
+    return int(np.random.SeedSequence([seed, batch, *words]).generate_state(1)[0])
 
 
 def _all_reduce(result: EvalResult, dist: Any) -> EvalResult:
@@ -182,9 +201,11 @@ def evaluate_run(run: Any, split: str, *, bound: str = "none", particles: int = 
                  json_out: Path | None = None, progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Everything ``seqvi eval`` shows and writes, for a loaded run (``seqvi.engine.run.LoadedRun``):
 
-    ``result`` (EvalResult), ``payload`` (the JSON written to ``<run>/eval/<split>.json`` and to
-    ``json_out``), ``curve`` (AVF's per-iteration free energy, or None) and ``json`` (the path).
-    ``progress(task, done, total)`` reports the passes."""
+    ``result`` (EvalResult), ``payload`` (the JSON, which names the checkpoint), ``curve`` (AVF's
+    per-iteration free energy, or None), ``json`` (``<run>/eval/<split>-<checkpoint>.json``, e.g.
+    ``test-best.json``, so that evaluating best.pt and last.pt keeps both; a copy at
+    ``<run>/eval/<split>.json`` is the latest, and one at ``json_out`` if given) and ``tag`` (the
+    checkpoint's name). ``progress(task, done, total)`` reports the passes."""
     bounds = bound_choices(bound)
     inference = run.inference
     if iterations is not None:
@@ -203,14 +224,16 @@ def evaluate_run(run: Any, split: str, *, bound: str = "none", particles: int = 
             curve = iteration_curve(run.model, inference, data, iterations=iterations or max(inference.iterations, 5),
                                     batch_size=run.recipe.data.eval_batch_size, device=run.device, seed=seed,
                                     progress=report("iterations"))
-    payload = {**result.to_dict(), "checkpoint": str(run.checkpoint), "epoch": run.epoch, "step": run.step,
+    tag = run.checkpoint.stem
+    payload = {**result.to_dict(), "checkpoint": str(run.checkpoint), "checkpoint_name": tag,
+               "epoch": run.epoch, "step": run.step, "trained_iterations": getattr(inference, "iterations", None),
                "dataset": run.spec.dataset, "seed": seed, "particles": particles,
                "iterations": iterations, "refine_steps": refine_steps}
     if curve is not None:
         payload["iteration_curve"] = curve.tolist()
-    out = run.run_dir / "eval" / f"{split}.json"
+    out = run.run_dir / "eval" / f"{split}-{tag}.json"
     text = json.dumps(payload, indent=1)
-    write_text_atomic(out, text)
-    if json_out:
-        write_text_atomic(Path(json_out), text)
-    return {"result": result, "payload": payload, "curve": curve, "json": out}
+    for path in (out, run.run_dir / "eval" / f"{split}.json", Path(json_out) if json_out else None):
+        if path is not None:
+            write_text_atomic(path, text)
+    return {"result": result, "payload": payload, "curve": curve, "json": out, "tag": tag}

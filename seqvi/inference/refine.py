@@ -32,16 +32,19 @@ LOGVAR_RANGE = (-15.0, 5.0)
 
 @torch.no_grad()
 def refine(model: Any, q_z: Normal, p_z: Normal, x: torch.Tensor, state: Any, *, steps: int = 50,
-           lr: float = 0.05, samples: int = 8, return_q: bool = False):
+           lr: float = 0.05, samples: int = 8, return_q: bool = False,
+           generator: torch.Generator | None = None):
     """(F_t at the amortized q, F_t after refinement), each (B,), no gradients kept;
-    with ``return_q`` also the refined q."""
+    with ``return_q`` also the refined q. Noise from ``generator`` (default: the global one), so that
+    refining leaves the caller's own noise stream as it was."""
     state = map_state(lambda s: s.detach(), state)
     p_z = Normal(p_z.loc.detach(), p_z.scale.detach(), validate_args=False)
     loc, logvar = q_z.loc.detach(), (2 * q_z.scale.log()).detach()
-    eps = torch.randn(samples, *loc.shape, device=loc.device)
+    draw = lambda: torch.randn(samples, *loc.shape, device=loc.device, generator=generator)  # noqa: E731
+    eps = draw()
 
     def gradient(k, loc, logvar):
-        return free_energy_gradient(model, loc, logvar, p_z, x, state, torch.randn_like(eps))
+        return free_energy_gradient(model, loc, logvar, p_z, x, state, draw())
 
     def descend(k, loc, logvar, g_loc, g_logvar):
         norm = torch.cat([g_loc, g_logvar], -1).norm(dim=-1, keepdim=True)
