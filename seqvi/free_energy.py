@@ -164,7 +164,7 @@ def free_energy_at(model: Any, loc: Tensor, logvar: Tensor, p_z: Normal, x: Tens
 
 
 def free_energy_gradient(model: Any, loc: Tensor, logvar: Tensor, p_z: Normal, x: Tensor, state: Any,
-                         eps: Tensor, *, at_prior: bool = False, value: bool = False
+                         eps: Tensor, *, at_prior: bool = False, value: bool = False, kl_weight: float = 1.0
                          ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """(dF_t/dloc, dF_t/dlogvar, F_t or None) at q = N(loc, exp(logvar / 2)) for the noise ``eps``
     ((S, B, Z) or (B, Z)), without a graph; F_t only with ``value``.
@@ -177,6 +177,7 @@ def free_energy_gradient(model: Any, loc: Tensor, logvar: Tensor, p_z: Normal, x
         dF/dlogvar = E[dR/dz * sigma * eps] / 2 + (sigma^2 / sigma_p^2 - 1) / 2
 
     ``at_prior``: q is the prior itself, where the KL's gradient is zero (AVF's first iterate).
+    ``kl_weight`` beta: of recon + beta * KL (an annealed objective), value and gradient.
     """
     with torch.no_grad():
         z, noise, samples = _samples(loc.detach(), logvar.detach(), eps)
@@ -195,9 +196,9 @@ def free_energy_gradient(model: Any, loc: Tensor, logvar: Tensor, p_z: Normal, x
         f = None
         if value:
             f = recon.detach().view(samples, -1).mean(0)
-            f = f + gaussian_kl(Normal(loc, (0.5 * logvar).exp(), validate_args=False), p_z)
+            f = f + kl_weight * gaussian_kl(Normal(loc, (0.5 * logvar).exp(), validate_args=False), p_z)
         if not at_prior:
             prior_var = p_z.scale.pow(2)
-            grad_loc = grad_loc + (loc - p_z.loc) / prior_var
-            grad_logvar = grad_logvar + 0.5 * (logvar.exp() / prior_var - 1)
+            grad_loc = grad_loc + kl_weight * (loc - p_z.loc) / prior_var
+            grad_logvar = grad_logvar + kl_weight * 0.5 * (logvar.exp() / prior_var - 1)
     return grad_loc.detach(), grad_logvar.detach(), f

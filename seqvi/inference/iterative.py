@@ -68,6 +68,7 @@ from torch.distributions import Normal
 
 from seqvi.free_energy import free_energy_gradient, standard_normal
 from seqvi.inference.base import Inference, Posterior
+from seqvi.models.base import GaussianHead, mlp
 from seqvi.nn import enabled
 from seqvi.nn.highway import HighwayMLP
 from seqvi.nn.linear import Linear
@@ -75,6 +76,8 @@ from seqvi.nn.linear import Linear
 LOGVAR_MIN, LOGVAR_MAX = -15.0, 5.0
 LOC_LIMIT = 50.0      # |mu| bound of the AVF code's gradient inference
 UPDATES = ("highway", "sgd")
+INPUTS = ("gradients", "parameters", "observation", "errors")
+INITS = ("prior", "encoder")
 
 
 def layer_norm(v: Tensor, eps: float = 1e-5) -> Tensor:
@@ -111,24 +114,50 @@ class HighwayLayer(nn.Module):
 
 
 class AVF(Inference):
-    """Iterative amortized filtering; ``iterations`` K per step (eval may set another K)."""
+    """Iterative amortized filtering; ``iterations`` K per step (eval may set another K).
+
+    Options (each a recipe key, defaults as in the AVF paper):
+
+    * ``inputs``: what the update network reads, any of ``gradients`` (g_mu, g_logvar), ``parameters``
+      (mu, logvar), ``observation`` (the model's own features(x_t, h), as a direct encoder sees them;
+      the AVF paper's SRNN-TIMIT network "additionally encodes the data observation") and ``errors``
+      (x_t - E[x_t | z^k] at the gradient's sample: the error encoding of Marino, Yue & Mandt 2018).
+      Each part is layer-normalized on its own; all are inputs, never differentiated.
+    * ``init``: lambda^0 from the ``prior`` (detached), or from an ``encoder`` q_0(z_t | x_t, h) on the
+      model's features, then K updates (semi-amortized, Kim et al. 2018, in filtering): the chain is
+      differentiated into the encoder (and through the features into the model, as direct filtering
+      is); K = 0 is direct filtering. ``encoder_sizes``: its hidden layers (default: the direct encoder's).
+    * ``anneal``: the free energy AVF reads (its gradient input, and its earlier iterates' loss) uses the
+      objective's KL weight beta, as the objective does (default: beta = 1 for q, as before).
+    """
 
     iterative = True
-    prior_graph = False   # lambda^0 is the detached prior
+    prior_graph = False   # lambda^0 is the detached prior (or the encoder's, which does not read it)
 
     def __init__(self, model: Any, iterations: int = 1, hidden_size: int = 1024, layers: int = 2,
-                 update: str = "highway"):
+                 update: str = "highway", inputs: Optional[list[str]] = None, init: str = "prior",
+                 encoder_sizes: Optional[list[int]] = None, anneal: bool = False):
         super().__init__()
-        if iterations < 1:
-            raise ValueError("inference.iterations must be at least 1")
+        inputs = list(inputs) if inputs is not None else ["gradients", "parameters"]
+        if init not in INITS:
+            raise ValueError(f"inference.init must be one of {INITS}, got {init!r}")
+        if iterations < (0 if init == "encoder" else 1):
+            raise ValueError("inference.iterations must be at least 1 (0 only with init: encoder)")
         if update not in UPDATES:
             raise ValueError(f"inference.update must be one of {UPDATES}")
         if layers < 1:
             raise ValueError("inference.layers must be at least 1")
+        unknown = sorted(set(inputs) - set(INPUTS))
+        if unknown or not inputs or len(set(inputs)) != len(inputs):
+            raise ValueError(f"inference.inputs must be distinct names from {INPUTS}, got {inputs}")
         z = model.z_dim
-        self.iterations, self.update_rule = iterations, update
+        self.iterations, self.update_rule, self.init, self.anneal = iterations, update, init, anneal
+        self.inputs = [name for name in INPUTS if name in inputs]
         self.eval_iterations: Optional[int] = None     # set by `seqvi eval --iterations`
-        self.input = nn.Sequential(Linear(4 * z, hidden_size), nn.ELU())
+        size = 2 * z * sum(name in self.inputs for name in ("gradients", "parameters"))
+        size += model.feature_size if "observation" in self.inputs else 0
+        size += model.x_dim if "errors" in self.inputs else 0
+        self.input = nn.Sequential(Linear(size, hidden_size), nn.ELU())
         self.highway = nn.Sequential(*[HighwayLayer(hidden_size) for _ in range(layers - 1)])
         self.loc_out = Linear(hidden_size, z)
         self.loc_gate = Linear(hidden_size, z)
@@ -136,6 +165,10 @@ class AVF(Inference):
         self.logvar_gate = Linear(hidden_size, z)
         for gate in (self.loc_gate, self.logvar_gate):
             nn.init.constant_(gate.bias, 1.0 if update == "highway" else -2.0)
+        if init == "encoder":
+            sizes = list(encoder_sizes) if encoder_sizes is not None else [model.feature_size // 2 or 1]
+            self.encoder = nn.Sequential(mlp([model.feature_size] + sizes),
+                                         GaussianHead(sizes[-1] if sizes else model.feature_size, z))  # q_0(z_t | x_t, h)
         self._net = HighwayMLP(self.input[0], [(layer.transform, layer.gate) for layer in self.highway],
                                [self.loc_out, self.logvar_out, self.loc_gate, self.logvar_gate])
         self._bounds: dict = {}
@@ -147,11 +180,15 @@ class AVF(Inference):
 
     # ------------------------------------------------------------------ the update rule
 
-    def update(self, loc: Tensor, logvar: Tensor, g_loc: Tensor, g_logvar: Tensor,
+    def update(self, loc: Tensor, logvar: Tensor, g_loc: Tensor, g_logvar: Tensor, extra: Optional[Tensor] = None,
                trace: Optional[tuple] = None, keep: bool = False):
-        """lambda' = update(lambda, g) (module docstring) -> (loc', logvar'); with ``keep`` (graph-free)
-        also the network's activations; ``trace``: activations kept earlier for these inputs."""
-        u = layer_norm(torch.stack([g_loc, g_logvar, loc, logvar], 1)).flatten(1)      # (B, 4Z)
+        """lambda' = update(lambda, g) (module docstring) -> (loc', logvar'); ``extra``: the other inputs
+        (observation, errors), already normalized; with ``keep`` (graph-free) also the network's
+        activations; ``trace``: activations kept earlier for these inputs."""
+        core = ([g_loc, g_logvar] if "gradients" in self.inputs else []) + (
+            [loc, logvar] if "parameters" in self.inputs else [])
+        parts = [layer_norm(torch.stack(core, 1)).flatten(1)] if core else []     # (B, 2Z per part)
+        u = torch.cat(parts + [extra], 1) if extra is not None else parts[0]
         if keep:
             y, trace = self._net.run(u)
         else:
@@ -174,15 +211,46 @@ class AVF(Inference):
             self._bounds[key] = (limits[0], limits[1])
         return self._bounds[key]
 
-    def _chain(self, model: Any, x: Tensor, state: Any, p_z: Normal, steps: int, values: bool = False,
-               update: Optional[Callable] = None) -> Iterator[Iterate]:
-        """AVF's iterates at one step, from the prior (one gradient sample per iteration)."""
-        def gradient(k: int, loc: Tensor, logvar: Tensor):
-            return free_energy_gradient(model, loc, logvar, p_z, x, state, standard_normal(loc),
-                                        at_prior=k == 0, value=values and k > 0)
+    def _start(self, model: Any, x: Tensor, state: Any, p_z: Normal) -> tuple[Tensor, Tensor, Optional[Normal]]:
+        """lambda^0: the detached prior, or the encoder's q_0 (with its graph), which is also returned."""
+        if self.init == "prior":
+            return p_z.loc.detach(), (2 * p_z.scale.log()).detach(), None
+        q_0 = self.encoder(model.features(x, state))
+        return q_0.loc, 2 * q_0.scale.log(), q_0
 
-        start = p_z.loc.detach(), (2 * p_z.scale.log()).detach()
-        return iterate(*start, gradient, update or (lambda k, *args: self.update(*args)), steps)
+    def _chain(self, model: Any, x: Tensor, state: Any, p_z: Normal, steps: int, *, values: bool = False,
+               update: Optional[Callable] = None, beta: float = 1.0, extras: Optional[list] = None,
+               start: Optional[tuple] = None) -> Iterator[Iterate]:
+        """AVF's iterates at one step (one gradient sample per iteration); the network's other inputs
+        of each iteration are appended to ``extras``."""
+        extras = [] if extras is None else extras
+        with torch.no_grad():
+            observation = layer_norm(model.features(x, state).flatten(1)) if "observation" in self.inputs else None
+        start = start or self._start(model, x, state, p_z)[:2]
+
+        def gradient(k: int, loc: Tensor, logvar: Tensor):
+            eps = standard_normal(loc)
+            out = free_energy_gradient(model, loc, logvar, p_z, x, state, eps, value=values and k > 0,
+                                       at_prior=k == 0 and self.init == "prior", kl_weight=beta)
+            extras.append(self._extra(model, x, state, loc, logvar, eps, observation))
+            return out
+
+        def step(k: int, loc: Tensor, logvar: Tensor, g_loc: Tensor, g_logvar: Tensor):
+            if update is not None:
+                return update(k, loc, logvar, g_loc, g_logvar, extras[k])
+            return self.update(loc, logvar, g_loc, g_logvar, extras[k])
+
+        return iterate(*start, gradient, step, steps)
+
+    @torch.no_grad()
+    def _extra(self, model: Any, x: Tensor, state: Any, loc: Tensor, logvar: Tensor, eps: Tensor,
+               observation: Optional[Tensor]) -> Optional[Tensor]:
+        """The network's inputs besides gradients and parameters, normalized: (B, F + D) or None."""
+        parts = [] if observation is None else [observation]
+        if "errors" in self.inputs:
+            z = loc + (0.5 * logvar).exp() * eps
+            parts.append(layer_norm((x - model.emission(z, state).mean).flatten(1)))
+        return torch.cat(parts, 1) if parts else None
 
     def iterates(self, model: Any, x: Tensor, state: Any, p_z: Normal,
                  iterations: Optional[int] = None) -> list[tuple[Tensor, Tensor]]:
@@ -192,38 +260,63 @@ class AVF(Inference):
 
     # ------------------------------------------------------------------ the inference contract
 
-    def initial_state(self, batch_size: int, x: Optional[Tensor] = None, mask: Optional[Tensor] = None):
-        """A ``_Tape`` for this pass where the kernel path trains (module docstring), else None."""
-        if self.training and torch.is_grad_enabled() and x is not None and enabled(x):
-            return _Tape(self)
-        return None
+    def initial_state(self, batch_size: int, x: Optional[Tensor] = None, mask: Optional[Tensor] = None,
+                      kl_weight: float = 1.0):
+        """A ``_Tape`` for this pass where the kernel path trains (module docstring), else the KL weight
+        q reads (``anneal``), or None."""
+        beta = kl_weight if self.anneal else 1.0
+        if (self.training and torch.is_grad_enabled() and x is not None and enabled(x)
+                and self.init == "prior"):
+            return _Tape(self, beta)
+        return AVFState(beta) if beta != 1.0 else None
 
     def posterior(self, model: Any, x: Tensor, state: Any, p_z: Normal, q_state: Any = None) -> Posterior:
         K = self.steps()
+        beta = q_state.beta if isinstance(q_state, (_Tape, AVFState)) else 1.0
         if isinstance(q_state, _Tape):
             return self._taped_posterior(model, x, state, p_z, q_state, K)
+        *start, q_0 = self._start(model, x, state, p_z)
+        if K == 0:
+            return Posterior(q_0, q_state)
         if not (self.training and torch.is_grad_enabled()):
-            *_, last = self._chain(model, x, state, p_z, K)
+            *_, last = self._chain(model, x, state, p_z, K, beta=beta, start=start)
             return Posterior(_normal(last.loc, last.logvar), q_state)
-        aux = None                                               # the reference path (module docstring)
-        for it in self._chain(model, x, state, p_z, K, values=True):
-            if it.value is not None:
-                surrogate = it.value + ((it.loc - it.loc.detach()) * it.g_loc
-                                        + (it.logvar - it.logvar.detach()) * it.g_logvar).sum(1)
-                aux = surrogate if aux is None else aux + surrogate
-        return Posterior(_normal(it.loc, it.logvar), q_state, aux)
+        extras: list = []                                        # the reference path (module docstring)
+        chain = list(self._chain(model, x, state, p_z, K, values=True, beta=beta, start=start, extras=extras))
+        return Posterior(_normal(chain[-1].loc, chain[-1].logvar), q_state, self._aux(chain, extras))
+
+    def _aux(self, chain: list[Iterate], extras: list) -> Optional[Tensor]:
+        """q's own loss from the earlier iterates, sum_{0<k<K} F_t(lambda^k), as a surrogate whose gradient
+        in lambda^k is g^k. It trains the update network only: from an encoder's lambda^0 the chain is
+        replayed from the detached start, so that neither the encoder nor (through the features) the
+        model learns from it."""
+        if len(chain) < 3:
+            return None
+        lambdas = [(it.loc, it.logvar) for it in chain[1:-1]]
+        if self.init == "encoder":
+            lam, lambdas = (chain[0].loc.detach(), chain[0].logvar.detach()), []
+            for k in range(len(chain) - 2):
+                lam = self.update(*lam, chain[k].g_loc, chain[k].g_logvar, extras[k])
+                lambdas.append(lam)
+        aux = None
+        for (loc, logvar), it in zip(lambdas, chain[1:-1]):
+            surrogate = it.value + ((loc - loc.detach()) * it.g_loc + (logvar - logvar.detach()) * it.g_logvar).sum(1)
+            aux = surrogate if aux is None else aux + surrogate
+        return aux
 
     def _taped_posterior(self, model: Any, x: Tensor, state: Any, p_z: Normal, tape: "_Tape", K: int) -> Posterior:
         traces: list[tuple] = []
+        extras: list = []
 
-        def update(k, *args):
-            loc, logvar, trace = self.update(*args, keep=True)
+        def update(k, loc, logvar, g_loc, g_logvar, extra):
+            loc, logvar, trace = self.update(loc, logvar, g_loc, g_logvar, extra, keep=True)
             traces.append(trace)
             return loc, logvar
 
         with torch.no_grad():
-            chain = list(self._chain(model, x, state, p_z, K, values=True, update=update))
-        t = tape.record(chain, traces)
+            chain = list(self._chain(model, x, state, p_z, K, values=True, update=update, beta=tape.beta,
+                                     extras=extras))
+        t = tape.record(chain, traces, extras)
         phi = tape.phi
         lam = _Iterate.apply(torch.cat([chain[-1].loc, chain[-1].logvar], 1), tape, t, *phi)
         aux = None
@@ -231,6 +324,11 @@ class AVF(Inference):
             aux = _Aux.apply(torch.stack([it.value for it in chain[1:-1]]).sum(0), tape, t, lam)
         loc, logvar = lam.chunk(2, 1)
         return Posterior(_normal(loc, logvar), tape, aux)
+
+
+class AVFState(NamedTuple):
+    """q's state outside the taped path: the KL weight q reads (``anneal``)."""
+    beta: float
 
 
 def _normal(loc: Tensor, logvar: Tensor) -> Normal:
@@ -241,17 +339,17 @@ class _Tape:
     """One training pass of AVF on the kernel path: per step, the chain's inputs (lambda^0, g^k) and the
     network's activations; during the backward, dL/dlambda^K_t and the weights w_t of ``aux``."""
 
-    def __init__(self, avf: AVF):
-        self.avf = avf
+    def __init__(self, avf: AVF, beta: float = 1.0):
+        self.avf, self.beta = avf, beta
         self.phi = [p for p in avf.parameters() if p.requires_grad]
-        self.steps: list[tuple[Tensor, list[Tensor], list[tuple]]] = []   # (lambda^0, [g^k], [activations^k])
+        self.steps: list[tuple] = []   # (lambda^0, [g^k], [activations^k], [other inputs^k])
         self.final: dict[int, Tensor] = {}
         self.weights: dict[int, Tensor] = {}
 
-    def record(self, chain: list[Iterate], traces: list[tuple]) -> int:
+    def record(self, chain: list[Iterate], traces: list[tuple], extras: list) -> int:
         start = torch.cat([chain[0].loc, chain[0].logvar], 1)
         grads = [torch.cat([it.g_loc, it.g_logvar], 1) for it in chain[:-1]]
-        self.steps.append((start, grads, traces))
+        self.steps.append((start, grads, traces, extras))
         return len(self.steps) - 1
 
     def phi_grads(self) -> list[Optional[Tensor]]:
@@ -270,7 +368,8 @@ class _Tape:
             for k in range(K):
                 g = torch.cat([s[1][k] for s in steps])
                 trace = tuple(torch.cat(parts) for parts in zip(*(s[2][k] for s in steps)))
-                loc, logvar = self.avf.update(loc, logvar, *g.chunk(2, 1), trace=trace)
+                extra = None if steps[0][3][k] is None else torch.cat([s[3][k] for s in steps])
+                loc, logvar = self.avf.update(loc, logvar, *g.chunk(2, 1), extra, trace=trace)
                 if k + 1 < K and w is None:
                     continue
                 outputs.append(torch.cat([loc, logvar], 1))
