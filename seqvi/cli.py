@@ -19,7 +19,7 @@ import typer
 from seqvi.errors import SeqviError
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    no_args_is_help=True, pretty_exceptions_enable=False,
     help="Deep sequential latent variable models, trained and evaluated by variational filtering.",
 )
 STATE = {"debug": False}
@@ -56,13 +56,40 @@ def command(fn):
     return app.command(name=fn.__name__.rstrip("_").replace("_", "-"))(wrapper)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from seqvi import __version__
+
+        typer.echo(f"seqvi {__version__}")
+        raise typer.Exit()
+
+
+def _datasets() -> list[str]:
+    from seqvi.data.manifest import available
+
+    try:
+        return available()
+    except OSError:
+        return []
+
+
+def _complete_dataset(incomplete: str) -> list[str]:
+    return [name for name in _datasets() if name.startswith(incomplete)]
+
+
 @app.callback()
-def main_options(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+def main_options(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+                 version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                              help="Print the version and exit.")) -> None:
     STATE["debug"] = debug
 
 
+def _dataset_help(what: str) -> str:
+    return f"{what}: {', '.join(_datasets()) or 'none found'} (or one of $SEQVI_MANIFESTS)."
+
+
 @command
-def download(name: str = typer.Argument(..., help="Data set name (a manifest in datasets/)."),
+def download(name: str = typer.Argument(..., help=_dataset_help("Data set"), autocompletion=_complete_dataset),
              root: Optional[str] = RootOpt,
              limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Export only the first N files (music21 sources; for quick trials).")) -> None:
     """Fetch a data set's raw files into <root>/raw/NAME (sha256-checked, resumable)."""
@@ -86,7 +113,7 @@ def download(name: str = typer.Argument(..., help="Data set name (a manifest in 
 
 
 @command
-def preprocess(name: str = typer.Argument(..., help="Data set name."),
+def preprocess(name: str = typer.Argument(..., help=_dataset_help("Data set"), autocompletion=_complete_dataset),
                source: Optional[Path] = typer.Option(None, "--source", help="A zip, folder or .pickle you already have."),
                root: Optional[str] = RootOpt,
                strict: bool = typer.Option(False, "--strict", help="Fail on the first unreadable file instead of skipping it."),
@@ -126,8 +153,7 @@ def train(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     from seqvi.report import TrainProgress, console, progress_bar
 
     configure_threads(threads)
-    spec = load_recipe(recipe, overrides or [])
-    validate_sections(spec, str(recipe))
+    spec = load_recipe(recipe, overrides or [], check=validate_sections)
     target = run_dir or Path("runs") / recipe.stem
     with progress_bar() as bar:
         result = run_train(spec, target, device=device, force=force, events=TrainProgress(bar), source=str(recipe))

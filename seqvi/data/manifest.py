@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqvi.config import coerce, read_yaml
+from seqvi.config import coerce, did_you_mean, read_yaml
 from seqvi.errors import RecipeError, SeqviError
 
 MANIFEST_DIR = Path(__file__).resolve().parents[2] / "datasets"
@@ -47,7 +47,8 @@ def available() -> list[str]:
 def load_manifest(name: str) -> Manifest:
     path = manifest_dir() / f"{name}.yaml"
     if not path.exists():
-        raise SeqviError(f"unknown data set '{name}' (known: {', '.join(available())})")
+        raise SeqviError(f"unknown data set '{name}'{did_you_mean(name, available())} "
+                         f"(known: {', '.join(available())})")
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a manifest must be a mapping of fields, got {type(raw).__name__}")
