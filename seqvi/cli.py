@@ -242,36 +242,20 @@ def sample(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run direct
            seed: int = typer.Option(0, "--seed"), device: str = DeviceOpt, threads: Optional[int] = ThreadsOpt,
            mean: Optional[bool] = typer.Option(None, "--mean/--draw", help="Write the emission's mean, or draw from it (default: mean for video, draw otherwise).")) -> None:
     """Generate sequences from the prior (optionally primed) and write them as files and a PNG."""
-    from seqvi.data.batches import pad
-    from seqvi.data.samples import SAMPLE_MEAN, SAMPLE_WRITERS
     from seqvi.engine.run import load_run
-    from seqvi.engine.sample import sample_sequences
+    from seqvi.engine.sample import sample_run
     from seqvi.engine.setup import configure_threads
     from seqvi.report import console, plot_samples
 
     configure_threads(threads)
-    run = load_run(checkpoint, device)
-    prime_x, truth = None, None
-    if prime:
-        if prime >= length:
-            raise SeqviError(f"--prime {prime} must be shorter than --length {length}")
-        with run.open_store() as store:
-            test = store.split("test")
-            picks = [i for i in range(len(test)) if test.lengths[i] >= prime][:num]
-            if len(picks) < num:
-                raise SeqviError(f"only {len(picks)} test sequences have {prime} steps to prime from")
-            prime_x, _ = pad([test.read(i, 0, prime) for i in picks], test.value_scale)
-            truth, _ = pad([test.read(i, 0, length) for i in picks], test.value_scale, length)
-            truth = truth.numpy()
-    use_mean = SAMPLE_MEAN.get(run.spec.adapter, False) if mean is None else mean
-    x = sample_sequences(run.model, run.inference, num, length, prime=prime_x, seed=seed,
-                         use_mean=use_mean).cpu().numpy()
-    out_dir = out or run.run_dir / "samples"
-    paths = SAMPLE_WRITERS[run.spec.adapter](x, out_dir, run.spec, truth=truth)
-    png = plot_samples(run.spec.adapter, x, out_dir / "samples.png", primed=prime)
-    for path in paths:
+    result = sample_run(load_run(checkpoint, device), num=num, length=length, prime=prime, out=out, seed=seed,
+                        mean=mean, picture=plot_samples)
+    for path in result.paths[:-1]:
         console.print(f"wrote {path}")
-    console.print(f"picture: {png}")
+    console.print(f"picture: {result.paths[-1]}")
+    if result.removed:
+        console.print(f"removed {len(result.removed)} files of the previous call: "
+                      f"{', '.join(p.name for p in result.removed)}")
 
 
 @command

@@ -189,3 +189,36 @@ def test_version_completion_and_data_set_names_in_help():
     assert result.exit_code == 0
     for name in ("bach-chorales", "jsb-chorales", "timit", "kth", "lgssm"):
         assert name in result.output
+
+
+# --------------------------------------------------------------------------- samples
+
+
+def test_each_sample_call_leaves_exactly_its_own_files(tmp_path, recipe, umask_027):
+    run_dir = tmp_path / "run"
+    assert run("train", recipe, "--run-dir", run_dir, "--device", "cpu").exit_code == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.mid").write_bytes(b"the user's own file")
+    (out / "sample_07.mid").write_bytes(b"also the user's")     # named like seqvi's, but never written by it
+
+    def files(folder):
+        return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+    assert run("sample", "--checkpoint", run_dir, "--num", 4, "--length", 6, "--out", out).exit_code == 0
+    assert files(out) == ["mine.mid", "sample_01.mid", "sample_02.mid", "sample_03.mid", "sample_04.mid",
+                          "sample_07.mid", "samples.png"]
+    result = run("sample", "--checkpoint", run_dir, "--num", 2, "--length", 6, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "removed 2 files of the previous call: sample_03.mid, sample_04.mid" in result.output
+    assert files(out) == ["mine.mid", "sample_01.mid", "sample_02.mid", "sample_07.mid", "samples.png"]
+    assert (out / "mine.mid").read_bytes() == b"the user's own file"
+    assert stat.S_IMODE((out / "sample_01.mid").stat().st_mode) == umask_027
+
+    default = run_dir / "samples"        # a run's own folder from before the record: seqvi-named files were seqvi's
+    default.mkdir()
+    for name in ("sample_01.mid", "sample_02.mid", "sample_03.mid", "notes.txt"):
+        (default / name).write_bytes(b"old")
+    assert run("sample", "--checkpoint", run_dir, "--num", 1, "--length", 6).exit_code == 0
+    assert files(default) == ["notes.txt", "sample_01.mid", "samples.png"]
+    assert (default / "sample_01.mid").read_bytes() != b"old"
