@@ -34,12 +34,22 @@ def command(fn):
 
     An OSError that names a file (an output path that is a directory, a full
     disk, no permission) is bad input too: one line naming the file, exit 2.
+    A stop that is not an error (a signal, Ctrl-C) prints "stopped:" and exits
+    with its own code; a Ctrl-C the command did not handle (a second one while
+    training) prints one line and exits 130.
     """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            if STATE["debug"]:
+                raise
+            from seqvi.report import err_console
+
+            err_console.print("[bold red]aborted:[/] Ctrl-C (a run keeps its last checkpoint; rerun to resume)")
+            raise typer.Exit(130) from None
         except (SeqviError, OSError) as err:
             if STATE["debug"] or (isinstance(err, OSError) and err.filename is None):
                 raise
@@ -144,13 +154,18 @@ def train(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
           device: str = DeviceOpt, threads: Optional[int] = ThreadsOpt,
           force: bool = typer.Option(False, "--force", help="Replace a run directory whose config differs."),
           nproc: int = typer.Option(1, "--nproc", min=1, help="Launch this many data-parallel processes with torchrun.")) -> None:
-    """Train (or resume) a run described by a recipe. SIGTERM/SIGUSR1 checkpoint and exit 75 (requeue)."""
+    """Train (or resume) a run described by a recipe.
+
+    Stops after a whole step with checkpoints/last.pt written, and a rerun resumes: on SIGTERM/SIGUSR1
+    (exit 75, requeue), on Ctrl-C (exit 130; a second Ctrl-C aborts at once), when train.max_minutes is
+    used up (exit 0) and after train.patience epochs without a better validation (exit 0).
+    """
     if nproc > 1:
         raise typer.Exit(_launch_torchrun(nproc, recipe, overrides or [], run_dir, device, threads, force))
     from seqvi.config import load_recipe
     from seqvi.engine.setup import configure_threads, validate_sections
     from seqvi.engine.train import train as run_train
-    from seqvi.report import TrainProgress, console, progress_bar
+    from seqvi.report import TrainProgress, console, progress_bar, train_summary
 
     configure_threads(threads)
     spec = load_recipe(recipe, overrides or [], check=validate_sections)
@@ -159,14 +174,7 @@ def train(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
         result = run_train(spec, target, device=device, force=force, events=TrainProgress(bar), source=str(recipe))
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 reports
-    rate = result.train_steps / max(result.seconds, 1e-9)
-    if result.train_steps == 0 and result.last_valid == float("inf"):   # a finished run, re-run as it was
-        console.print(f"already trained to epoch {result.epoch} (step {result.step}), nothing to do "
-                      f"(raise train.epochs to extend); best valid {result.best_valid:.4f} nats/step")
-    else:
-        console.print(f"trained to epoch {result.epoch} (step {result.step}) in {result.seconds:.1f} s, "
-                      f"{rate:,.0f} time steps/s; valid {result.last_valid:.4f} nats/step, "
-                      f"best {result.best_valid:.4f}")
+    console.print(train_summary(result, spec.train))
     console.print(f"run: {target}  (checkpoints in {target / 'checkpoints'})")
 
 
@@ -289,6 +297,18 @@ def predict(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run direc
     write_text_atomic(out, json.dumps(payload, indent=1))
     plot = plot_predict(result, run.run_dir / "eval" / f"predict_{split}.png")
     console.print(f"results: {out}\nplot: {plot}")
+
+
+@command
+def runs(paths: Optional[List[Path]] = typer.Argument(None, help="Run directories or folders of runs (default: runs).")) -> None:
+    """List runs with their status (finished, running, preempted, stopped, failed, empty), epoch and best valid."""
+    from seqvi.engine.status import find_runs, run_status
+    from seqvi.report import console, runs_table
+
+    found = find_runs(paths or [Path("runs")])
+    if not found:
+        raise SeqviError(f"no run directories (folders with a config.yaml) under {', '.join(map(str, paths or ['runs']))}")
+    console.print(runs_table([run_status(p) for p in found]))
 
 
 def _launch_torchrun(nproc: int, recipe: Path, overrides: list[str], run_dir: Optional[Path], device: str,

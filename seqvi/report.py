@@ -67,6 +67,27 @@ class TrainProgress:
                 console.print(line)
 
 
+def train_summary(result: Any, cfg: Any) -> str:
+    """The line ``train`` ends with: how far the run got, why this call stopped, the validation."""
+    best = f"best valid {result.best_valid:.4f} nats/step"
+    where = f"epoch {result.epoch} (step {result.step})"
+    if result.nothing_to_do:
+        if result.stop == "patience":
+            return (f"already stopped early at {where}: {result.since_best} epochs without a better valid "
+                    f"(train.patience {cfg.patience}), nothing to do (raise train.patience to go on); {best}")
+        return f"already trained to {where}, nothing to do (raise train.epochs to extend); {best}"
+    rate = result.train_steps / max(result.seconds, 1e-9)
+    done = (f"in {result.seconds:.1f} s, {rate:,.0f} time steps/s; valid {result.last_valid:.4f} nats/step, "
+            f"best {result.best_valid:.4f}")
+    if result.stop == "patience":
+        return (f"stopped early at {where}: {result.since_best} epochs without a better valid "
+                f"(train.patience {cfg.patience}); trained {done}")
+    if result.stop == "budget":
+        return (f"time budget of {cfg.max_minutes:g} min used at {where}: checkpoint written, rerun the same "
+                f"command to continue; trained {done}")
+    return f"trained to {where} {done}"
+
+
 # --------------------------------------------------------------------------- tables
 
 
@@ -107,6 +128,35 @@ def eval_table(result: Any, per_step: bool = False, title: str | None = None) ->
     table.add_row("per sequence", f"{result.nats_per_sequence:.2f}", f"{result.recon.sum() / seqs:.2f}",
                   f"{result.kl.sum() / seqs:.2f}", *[f"{result.column_totals(c)[1]:.2f}" for c in extra],
                   f"{result.steps} steps", style="bold")
+    return table
+
+
+STATUS_STYLE = {"finished": "green", "running": "cyan", "submitted": "cyan", "preempted": "yellow",
+                "stopped": "yellow", "failed": "red", "empty": "dim"}
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit} ago"
+    return "just now"
+
+
+def runs_table(statuses: list, now: float | None = None) -> Table:
+    """``seqvi runs``: one row per run directory with its status (seqvi/engine/status.py has the rule)."""
+    import time
+
+    now = time.time() if now is None else now
+    table = Table(title=f"{len(statuses)} runs")
+    for name, justify in (("run", "left"), ("status", "left"), ("epoch", "right"), ("step", "right"),
+                          ("best valid", "right"), ("modified", "left"), ("why", "left")):
+        table.add_column(name, justify=justify, overflow="fold")
+    for st in statuses:
+        epoch = f"{st.epoch}/{st.epochs}" if st.epochs else str(st.epoch)
+        best = f"{st.best_valid:.4f} (ep {st.best_epoch})" if st.best_epoch else ""
+        modified = time.strftime("%Y-%m-%d %H:%M", time.localtime(st.modified)) if st.modified else ""
+        table.add_row(str(st.run_dir), f"[{STATUS_STYLE.get(st.status, '')}]{st.status}[/]", epoch, str(st.step),
+                      best, f"{modified} ({_age(now - st.modified)})" if modified else "", st.why)
     return table
 
 
