@@ -300,6 +300,83 @@ def predict(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run direc
 
 
 @command
+def sweep(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+          grid: Optional[List[str]] = typer.Argument(None, help="key.path=v1,v2,... : one axis of the grid each."),
+          seeds: Optional[str] = typer.Option(None, "--seeds", help="Seeds, e.g. --seeds 0 1 2 (default: 0)."),
+          eval_args: str = typer.Option("", "--eval", help='Options for `seqvi eval` on each finished run, e.g. "--bound all --particles 16".'),
+          sbatch: Optional[Path] = typer.Option(None, "--sbatch", help="Submit each run with this batch script (scripts/slurm/train.sbatch) instead."),
+          runs_dir: Path = typer.Option(Path("runs"), "--runs", help="Folder of sweeps: runs go to <runs>/<recipe>/<point>."),
+          device: str = DeviceOpt, threads: Optional[int] = ThreadsOpt) -> None:
+    """Train a grid of overrides x seeds one run after another, then evaluate each; a rerun resumes the sweep."""
+    from seqvi.engine.setup import configure_threads
+    from seqvi.engine.sweep import split_seeds, sweep as run_sweep
+    from seqvi.report import SweepProgress, TrainProgress, console, progress_bar, sweep_table
+
+    seed_list, grid_items = split_seeds(seeds, grid or [])
+    split, evaluate = _eval_in_process(eval_args)
+    configure_threads(threads)
+    with progress_bar() as bar:
+        result = run_sweep(recipe, seeds=seed_list, grid_items=grid_items, runs=runs_dir, device=device,
+                           evaluate=evaluate, eval_split=split, eval_args=eval_args, sbatch=sbatch,
+                           events=SweepProgress(), train_events=TrainProgress(bar))
+    console.print(sweep_table(result))
+    if result.failed:
+        raise SeqviError(f"{len(result.failed)} of {len(result.outcomes)} runs failed (table above); "
+                         f"rerun the same command to retry them")
+    console.print(f"compare them: seqvi compare {result.folder}")
+
+
+def _eval_in_process(args: str):
+    """(split, callback) running this app's own `eval` command on a run directory, in this process.
+
+    The options are parsed by `eval` itself now, so a typo fails before any training.
+    """
+    import shlex
+
+    argv = shlex.split(args)
+    if "--checkpoint" in argv:
+        raise SeqviError("--eval: leave out --checkpoint (the sweep gives each run's directory)")
+    command_ = typer.main.get_command(app).commands["eval"]
+    try:
+        split = command_.make_context("eval", argv + ["--checkpoint", "RUN"]).params["split"]
+    except typer.TyperException as err:   # click's usage errors (no such option, bad value)
+        message = err.format_message() if hasattr(err, "format_message") else str(err)
+        raise SeqviError(f"--eval {args!r}: {message}") from None
+
+    def evaluate(run_dir: Path) -> None:
+        try:
+            with command_.make_context("eval", argv + ["--checkpoint", str(run_dir)]) as ctx:
+                command_.invoke(ctx)
+        except typer.Exit as done:
+            if done.exit_code:
+                raise SeqviError(f"eval of {run_dir} failed (exit {done.exit_code}; its error is above)") from None
+
+    return split, evaluate
+
+
+@command
+def compare(paths: List[Path] = typer.Argument(..., help="Run directories, or folders of runs (a sweep)."),
+            split: str = typer.Option("test", "--split", help="Whose eval/<split>.json to read."),
+            csv: Optional[Path] = typer.Option(None, "--csv", help="Also write the table as CSV (mean, sd, n per number)."),
+            markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write the table as Markdown."),
+            plot: Optional[Path] = typer.Option(None, "--plot", help="Learning-curve PNG (default: compare.png beside the runs).")) -> None:
+    """Compare runs in one table (seeds pooled: mean ± sd) and plot their learning curves."""
+    from seqvi.engine.compare import compare as run_compare
+    from seqvi.engine.runs import write_text_atomic
+    from seqvi.report import compare_csv, compare_flags, compare_markdown, compare_table, console, plot_learning_curves
+
+    result = run_compare(paths, split)
+    console.print(compare_table(result))
+    for line in compare_flags(result):
+        console.print(line)
+    for path, render in ((csv, compare_csv), (markdown, compare_markdown)):
+        if path:
+            write_text_atomic(path, render(result))
+            console.print(f"table: {path}")
+    console.print(f"learning curves: {plot_learning_curves(result, plot or result.default_plot)}")
+
+
+@command
 def runs(paths: Optional[List[Path]] = typer.Argument(None, help="Run directories or folders of runs (default: runs).")) -> None:
     """List runs with their status (finished, running, preempted, stopped, failed, empty), epoch and best valid."""
     from seqvi.engine.status import find_runs, run_status
