@@ -24,7 +24,8 @@ app = typer.Typer(
 )
 STATE = {"debug": False}
 
-RootOpt = typer.Option(None, "--root", help="Data root (default: $SEQVI_DATA, else the repository's datasets/).")
+RootOpt = typer.Option(None, "--root", help="Data root (default: $SEQVI_DATA, else a source checkout's datasets/, "
+                                            "else ./datasets).")
 DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda[:N].")
 ThreadsOpt = typer.Option(None, "--threads", min=1, help="Torch intra-op threads (default: $SEQVI_THREADS, else 1).")
 

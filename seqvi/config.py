@@ -35,7 +35,7 @@ from seqvi.errors import RecipeError
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "bach-chorales"
-    root: Optional[str] = None       # data root; default $SEQVI_DATA or the repo's datasets/
+    root: Optional[str] = None       # data root; default $SEQVI_DATA, else seqvi.data.manifest.default_data_root()
     batch_size: int = 16
     crop_length: int = 25            # training crops; 0 = whole sequences
     min_length: int = 0              # drop shorter training sequences (AVF drops < 25)
