@@ -141,7 +141,8 @@ def kinds(tmp_path_factory):
             recipe.write_text(yaml.safe_dump(raw))
             runs = base / "runs" / kind
             train(recipe_from_dict(raw), runs / "finished", device="cpu")
-            with pytest.raises(Preempted):
+            with pytest.raises(Preempted, match=r"^SIGTERM at step 1 \(epoch 1\): checkpoint \S+last\.pt written; "
+                                                r"rerun the same command to resume$"):
                 train(recipe_from_dict(raw), runs / "preempted", device="cpu", events=preempt_at_first_step)
             (runs / "empty").mkdir()
             shutil.copy(runs / "finished" / "config.yaml", runs / "empty" / "config.yaml")

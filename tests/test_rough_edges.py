@@ -222,3 +222,12 @@ def test_each_sample_call_leaves_exactly_its_own_files(tmp_path, recipe, umask_0
     assert run("sample", "--checkpoint", run_dir, "--num", 1, "--length", 6).exit_code == 0
     assert files(default) == ["notes.txt", "sample_01.mid", "samples.png"]
     assert (default / "sample_01.mid").read_bytes() != b"old"
+
+
+def test_a_missing_store_names_the_data_set_in_its_hint(tmp_path, manifests):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"data": {"dataset": "jsb-chorales", "root": str(tmp_path / "d")}}))
+    line = one_error(run("train", recipe, "--run-dir", tmp_path / "run"))
+    assert "jsb-chorales.h5: no processed store; run `seqvi download jsb-chorales` and `seqvi preprocess " \
+           "jsb-chorales` first" in line and "NAME" not in line
+    assert not (tmp_path / "run").exists()
