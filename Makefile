@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # 1 intra-op thread: measured faster and stall-free on 2 shared cores (see README).
 export SEQVI_THREADS ?= 1
 
-.PHONY: demo test bench fuzz install clean
+.PHONY: demo test check-wheel bench fuzz install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The package as users install it: wheel -> fresh venv (with constraints.txt) -> commands run from other
+# directories (.ci/wheel_smoke.sh; about 2-3 minutes, most of it installing torch). CI runs it after `test`.
+check-wheel: $(STAMP)
+	PYTHON=$(PY) bash .ci/wheel_smoke.sh
 
 # pretty_midi is a benchmark-only dependency (the reference piano roll of bench/run.py's MIDI section).
 bench: $(STAMP)

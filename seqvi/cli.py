@@ -19,12 +19,13 @@ import typer
 from seqvi.errors import SeqviError
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    no_args_is_help=True, pretty_exceptions_enable=False,
     help="Deep sequential latent variable models, trained and evaluated by variational filtering.",
 )
 STATE = {"debug": False}
 
-RootOpt = typer.Option(None, "--root", help="Data root (default: $SEQVI_DATA, else the repository's datasets/).")
+RootOpt = typer.Option(None, "--root", help="Data root (default: $SEQVI_DATA, else a source checkout's datasets/, "
+                                            "else ./datasets).")
 DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda[:N].")
 ThreadsOpt = typer.Option(None, "--threads", min=1, help="Torch intra-op threads (default: $SEQVI_THREADS, else 1).")
 
@@ -34,12 +35,22 @@ def command(fn):
 
     An OSError that names a file (an output path that is a directory, a full
     disk, no permission) is bad input too: one line naming the file, exit 2.
+    A stop that is not an error (a signal, Ctrl-C) prints "stopped:" and exits
+    with its own code; a Ctrl-C the command did not handle (a second one while
+    training) prints one line and exits 130.
     """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            if STATE["debug"]:
+                raise
+            from seqvi.report import err_console
+
+            err_console.print("[bold red]aborted:[/] Ctrl-C (a run keeps its last checkpoint; rerun to resume)")
+            raise typer.Exit(130) from None
         except (SeqviError, OSError) as err:
             if STATE["debug"] or (isinstance(err, OSError) and err.filename is None):
                 raise
@@ -56,13 +67,40 @@ def command(fn):
     return app.command(name=fn.__name__.rstrip("_").replace("_", "-"))(wrapper)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from seqvi import __version__
+
+        typer.echo(f"seqvi {__version__}")
+        raise typer.Exit()
+
+
+def _datasets() -> list[str]:
+    from seqvi.data.manifest import available
+
+    try:
+        return available()
+    except OSError:
+        return []
+
+
+def _complete_dataset(incomplete: str) -> list[str]:
+    return [name for name in _datasets() if name.startswith(incomplete)]
+
+
 @app.callback()
-def main_options(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+def main_options(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+                 version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                              help="Print the version and exit.")) -> None:
     STATE["debug"] = debug
 
 
+def _dataset_help(what: str) -> str:
+    return f"{what}: {', '.join(_datasets()) or 'none found'} (or one of $SEQVI_MANIFESTS)."
+
+
 @command
-def download(name: str = typer.Argument(..., help="Data set name (a manifest in datasets/)."),
+def download(name: str = typer.Argument(..., help=_dataset_help("Data set"), autocompletion=_complete_dataset),
              root: Optional[str] = RootOpt,
              limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Export only the first N files (music21 sources; for quick trials).")) -> None:
     """Fetch a data set's raw files into <root>/raw/NAME (sha256-checked, resumable)."""
@@ -86,7 +124,7 @@ def download(name: str = typer.Argument(..., help="Data set name (a manifest in 
 
 
 @command
-def preprocess(name: str = typer.Argument(..., help="Data set name."),
+def preprocess(name: str = typer.Argument(..., help=_dataset_help("Data set"), autocompletion=_complete_dataset),
                source: Optional[Path] = typer.Option(None, "--source", help="A zip, folder or .pickle you already have."),
                root: Optional[str] = RootOpt,
                strict: bool = typer.Option(False, "--strict", help="Fail on the first unreadable file instead of skipping it."),
@@ -117,30 +155,27 @@ def train(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
           device: str = DeviceOpt, threads: Optional[int] = ThreadsOpt,
           force: bool = typer.Option(False, "--force", help="Replace a run directory whose config differs."),
           nproc: int = typer.Option(1, "--nproc", min=1, help="Launch this many data-parallel processes with torchrun.")) -> None:
-    """Train (or resume) a run described by a recipe. SIGTERM/SIGUSR1 checkpoint and exit 75 (requeue)."""
+    """Train (or resume) a run described by a recipe.
+
+    Stops after a whole step with checkpoints/last.pt written, and a rerun resumes: on SIGTERM/SIGUSR1
+    (exit 75, requeue), on Ctrl-C (exit 130; a second Ctrl-C aborts at once), when train.max_minutes is
+    used up (exit 0) and after train.patience epochs without a better validation (exit 0).
+    """
     if nproc > 1:
         raise typer.Exit(_launch_torchrun(nproc, recipe, overrides or [], run_dir, device, threads, force))
     from seqvi.config import load_recipe
     from seqvi.engine.setup import configure_threads, validate_sections
     from seqvi.engine.train import train as run_train
-    from seqvi.report import TrainProgress, console, progress_bar
+    from seqvi.report import TrainProgress, console, progress_bar, train_summary
 
     configure_threads(threads)
-    spec = load_recipe(recipe, overrides or [])
-    validate_sections(spec, str(recipe))
+    spec = load_recipe(recipe, overrides or [], check=validate_sections)
     target = run_dir or Path("runs") / recipe.stem
     with progress_bar() as bar:
         result = run_train(spec, target, device=device, force=force, events=TrainProgress(bar), source=str(recipe))
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 reports
-    rate = result.train_steps / max(result.seconds, 1e-9)
-    if result.train_steps == 0 and result.last_valid == float("inf"):   # a finished run, re-run as it was
-        console.print(f"already trained to epoch {result.epoch} (step {result.step}), nothing to do "
-                      f"(raise train.epochs to extend); best valid {result.best_valid:.4f} nats/step")
-    else:
-        console.print(f"trained to epoch {result.epoch} (step {result.step}) in {result.seconds:.1f} s, "
-                      f"{rate:,.0f} time steps/s; valid {result.last_valid:.4f} nats/step, "
-                      f"best {result.best_valid:.4f}")
+    console.print(train_summary(result, spec.train))
     console.print(f"run: {target}  (checkpoints in {target / 'checkpoints'})")
 
 
@@ -187,36 +222,20 @@ def sample(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run direct
            seed: int = typer.Option(0, "--seed"), device: str = DeviceOpt, threads: Optional[int] = ThreadsOpt,
            mean: Optional[bool] = typer.Option(None, "--mean/--draw", help="Write the emission's mean, or draw from it (default: mean for video, draw otherwise).")) -> None:
     """Generate sequences from the prior (optionally primed) and write them as files and a PNG."""
-    from seqvi.data.batches import pad
-    from seqvi.data.samples import SAMPLE_MEAN, SAMPLE_WRITERS
     from seqvi.engine.run import load_run
-    from seqvi.engine.sample import sample_sequences
+    from seqvi.engine.sample import sample_run
     from seqvi.engine.setup import configure_threads
     from seqvi.report import console, plot_samples
 
     configure_threads(threads)
-    run = load_run(checkpoint, device)
-    prime_x, truth = None, None
-    if prime:
-        if prime >= length:
-            raise SeqviError(f"--prime {prime} must be shorter than --length {length}")
-        with run.open_store() as store:
-            test = store.split("test")
-            picks = [i for i in range(len(test)) if test.lengths[i] >= prime][:num]
-            if len(picks) < num:
-                raise SeqviError(f"only {len(picks)} test sequences have {prime} steps to prime from")
-            prime_x, _ = pad([test.read(i, 0, prime) for i in picks], test.value_scale)
-            truth, _ = pad([test.read(i, 0, length) for i in picks], test.value_scale, length)
-            truth = truth.numpy()
-    use_mean = SAMPLE_MEAN.get(run.spec.adapter, False) if mean is None else mean
-    x = sample_sequences(run.model, run.inference, num, length, prime=prime_x, seed=seed,
-                         use_mean=use_mean).cpu().numpy()
-    out_dir = out or run.run_dir / "samples"
-    paths = SAMPLE_WRITERS[run.spec.adapter](x, out_dir, run.spec, truth=truth)
-    png = plot_samples(run.spec.adapter, x, out_dir / "samples.png", primed=prime)
-    for path in paths:
+    result = sample_run(load_run(checkpoint, device), num=num, length=length, prime=prime, out=out, seed=seed,
+                        mean=mean, picture=plot_samples)
+    for path in result.paths[:-1]:
         console.print(f"wrote {path}")
-    console.print(f"picture: {png}")
+    console.print(f"picture: {result.paths[-1]}")
+    if result.removed:
+        console.print(f"removed {len(result.removed)} files of the previous call: "
+                      f"{', '.join(p.name for p in result.removed)}")
 
 
 @command
@@ -250,6 +269,95 @@ def predict(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run direc
     write_text_atomic(out, json.dumps(payload, indent=1))
     plot = plot_predict(result, run.run_dir / "eval" / f"predict_{split}.png")
     console.print(f"results: {out}\nplot: {plot}")
+
+
+@command
+def sweep(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+          grid: Optional[List[str]] = typer.Argument(None, help="key.path=v1,v2,... : one axis of the grid each."),
+          seeds: Optional[str] = typer.Option(None, "--seeds", help="Seeds, e.g. --seeds 0 1 2 (default: 0)."),
+          eval_args: str = typer.Option("", "--eval", help='Options for `seqvi eval` on each finished run, e.g. "--bound all --particles 16".'),
+          sbatch: Optional[Path] = typer.Option(None, "--sbatch", help="Submit each run with this batch script (scripts/slurm/train.sbatch) instead."),
+          runs_dir: Path = typer.Option(Path("runs"), "--runs", help="Folder of sweeps: runs go to <runs>/<recipe>/<point>."),
+          device: str = DeviceOpt, threads: Optional[int] = ThreadsOpt) -> None:
+    """Train a grid of overrides x seeds one run after another, then evaluate each; a rerun resumes the sweep."""
+    from seqvi.engine.setup import configure_threads
+    from seqvi.engine.sweep import split_seeds, sweep as run_sweep
+    from seqvi.report import SweepProgress, TrainProgress, console, progress_bar, sweep_table
+
+    seed_list, grid_items = split_seeds(seeds, grid or [])
+    split, evaluate = _eval_in_process(eval_args)
+    configure_threads(threads)
+    with progress_bar() as bar:
+        result = run_sweep(recipe, seeds=seed_list, grid_items=grid_items, runs=runs_dir, device=device,
+                           evaluate=evaluate, eval_split=split, eval_args=eval_args, sbatch=sbatch,
+                           events=SweepProgress(), train_events=TrainProgress(bar))
+    console.print(sweep_table(result))
+    if result.failed:
+        raise SeqviError(f"{len(result.failed)} of {len(result.outcomes)} runs failed (table above); "
+                         f"rerun the same command to retry them")
+    console.print(f"compare them: seqvi compare {result.folder}")
+
+
+def _eval_in_process(args: str):
+    """(split, callback) running this app's own `eval` command on a run directory, in this process.
+
+    The options are parsed by `eval` itself now, so a typo fails before any training.
+    """
+    import shlex
+
+    argv = shlex.split(args)
+    if "--checkpoint" in argv:
+        raise SeqviError("--eval: leave out --checkpoint (the sweep gives each run's directory)")
+    command_ = typer.main.get_command(app).commands["eval"]
+    try:
+        split = command_.make_context("eval", argv + ["--checkpoint", "RUN"]).params["split"]
+    except typer.TyperException as err:   # click's usage errors (no such option, bad value)
+        message = err.format_message() if hasattr(err, "format_message") else str(err)
+        raise SeqviError(f"--eval {args!r}: {message}") from None
+
+    def evaluate(run_dir: Path) -> None:
+        try:
+            with command_.make_context("eval", argv + ["--checkpoint", str(run_dir)]) as ctx:
+                command_.invoke(ctx)
+        except typer.Exit as done:
+            if done.exit_code:
+                raise SeqviError(f"eval of {run_dir} failed (exit {done.exit_code}; its error is above)") from None
+
+    return split, evaluate
+
+
+@command
+def compare(paths: List[Path] = typer.Argument(..., help="Run directories, or folders of runs (a sweep)."),
+            split: str = typer.Option("test", "--split", help="Whose eval/<split>.json to read."),
+            csv: Optional[Path] = typer.Option(None, "--csv", help="Also write the table as CSV (mean, sd, n per number)."),
+            markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write the table as Markdown."),
+            plot: Optional[Path] = typer.Option(None, "--plot", help="Learning-curve PNG (default: compare.png beside the runs).")) -> None:
+    """Compare runs in one table (seeds pooled: mean ± sd) and plot their learning curves."""
+    from seqvi.engine.compare import compare as run_compare
+    from seqvi.engine.runs import write_text_atomic
+    from seqvi.report import compare_csv, compare_flags, compare_markdown, compare_table, console, plot_learning_curves
+
+    result = run_compare(paths, split)
+    console.print(compare_table(result))
+    for line in compare_flags(result):
+        console.print(line)
+    for path, render in ((csv, compare_csv), (markdown, compare_markdown)):
+        if path:
+            write_text_atomic(path, render(result))
+            console.print(f"table: {path}")
+    console.print(f"learning curves: {plot_learning_curves(result, plot or result.default_plot)}")
+
+
+@command
+def runs(paths: Optional[List[Path]] = typer.Argument(None, help="Run directories or folders of runs (default: runs).")) -> None:
+    """List runs with their status (finished, running, preempted, stopped, failed, empty), epoch and best valid."""
+    from seqvi.engine.status import find_runs, run_status
+    from seqvi.report import console, runs_table
+
+    found = find_runs(paths or [Path("runs")])
+    if not found:
+        raise SeqviError(f"no run directories (folders with a config.yaml) under {', '.join(map(str, paths or ['runs']))}")
+    console.print(runs_table([run_status(p) for p in found]))
 
 
 def _launch_torchrun(nproc: int, recipe: Path, overrides: list[str], run_dir: Optional[Path], device: str,

@@ -5,7 +5,9 @@ the dataclasses of this module (the one place that lists them, as DreamerV3's
 ``defaults`` block does). A recipe may say ``extends: other.yaml`` to stack on
 another recipe, and ``key.path=value`` overrides from the command line are
 applied last (overriding ``model.name`` or ``inference.name`` with another
-name starts that section afresh). Unknown keys and wrong types fail with the key's path.
+name starts that section afresh). Unknown keys and wrong types fail with the key's path
+(and a "did you mean" when a known key is close); an error in a key that an
+override set names the override, not the recipe file.
 
 The ``model`` and ``inference`` sections are open: besides ``name`` their keys
 are the keyword arguments of the registered constructor, checked against its
@@ -17,6 +19,7 @@ This module must not import torch at module load (``--help`` stays instant).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import typing
 from dataclasses import dataclass, field
@@ -32,7 +35,7 @@ from seqvi.errors import RecipeError
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "bach-chorales"
-    root: Optional[str] = None       # data root; default $SEQVI_DATA or the repo's datasets/
+    root: Optional[str] = None       # data root; default $SEQVI_DATA, else seqvi.data.manifest.default_data_root()
     batch_size: int = 16
     crop_length: int = 25            # training crops; 0 = whole sequences
     min_length: int = 0              # drop shorter training sequences (AVF drops < 25)
@@ -59,6 +62,8 @@ class TrainConfig:
     checkpoint_every: int = 0        # steps between checkpoints; 0 = each epoch only
     skip_nonfinite: bool = False     # skip a batch whose loss is NaN/inf instead of stopping
     valid_split: str = "valid"
+    patience: int = 0                # stop after this many epochs without a better valid; 0 = never
+    max_minutes: float = 0.0         # wall-clock budget of one `train` call; 0 = none (see engine/train.py)
 
 
 @dataclass(frozen=True)
@@ -78,8 +83,20 @@ OPEN_SECTIONS = ("model", "inference")
 
 # Lower bounds of the numeric keys that have one (a batch of 0 or log_every 0 means nothing).
 MINIMUM = {"data.batch_size": 1, "data.eval_batch_size": 1, "data.crop_length": 0, "data.min_length": 0,
-           "objective.kl_anneal_epochs": 0, "objective.particles": 1, "train.epochs": 0,
-           "train.log_every": 1, "train.checkpoint_every": 0, "train.clip_grad": 0}
+           "objective.kl_anneal_epochs": 0, "objective.particles": 1, "train.epochs": 1,
+           "train.log_every": 1, "train.checkpoint_every": 0, "train.clip_grad": 0, "train.patience": 0,
+           "train.max_minutes": 0}
+
+
+def did_you_mean(word: str, choices, cutoff: float = 0.6) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices`` to ``word``, else ``""``."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=cutoff)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _error(source: str, path: str, text: str) -> RecipeError:
+    """A RecipeError about the key ``path``, told as ``source``'s (a recipe file)."""
+    return RecipeError(f"{source}: {text}", key=path, detail=text)
 
 
 # --------------------------------------------------------------------------- YAML
@@ -109,7 +126,7 @@ def read_yaml(path: str | Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise RecipeError(f"{path}: no such file") from None
+        raise RecipeError(f"{path}: no such file{did_you_mean(path, _near_files(path))}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise RecipeError(f"{path}: cannot read ({err})") from None
     loader = yaml.SafeLoader(text)
@@ -130,11 +147,30 @@ def read_yaml(path: str | Path) -> Any:
         loader.dispose()
 
 
+def _near_files(path: Path) -> list[str]:
+    """Files a mistyped path may have meant: its folder's files of the same suffix, and ./recipes/'s."""
+    folders = [path.parent] + ([Path("recipes")] if path.parent == Path(".") else [])
+    pattern = f"*{path.suffix or '.yaml'}"
+    found = []
+    for folder in folders:
+        try:
+            found += [str(p) for p in sorted(folder.glob(pattern))[:500]]
+            found += [str(p) for p in sorted(folder.glob(f"*/{pattern}"))[:500]] if folder.name == "recipes" else []
+        except OSError:
+            continue
+    return found
+
+
 # --------------------------------------------------------------------------- loading
 
 
-def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read a recipe (following ``extends``), apply ``a.b=value`` overrides, validate."""
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
+                check: Callable[[Recipe, str], None] | None = None) -> Recipe:
+    """Read a recipe (following ``extends``), apply ``a.b=value`` overrides, validate.
+
+    ``check(recipe, source)`` validates further (the open sections against the
+    registries). An error about a key that an override set names that override.
+    """
     raw = _read_stacked(Path(path), seen=())
     # A new model.name / inference.name starts that section afresh (its old keys
     # belong to another constructor); the section's other overrides then apply.
@@ -145,7 +181,28 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
             raw[section] = {}
     for item in names + [o for o in overrides if o not in names]:
         _apply_override(raw, item)
-    return recipe_from_dict(raw, source=str(path))
+    try:
+        recipe = recipe_from_dict(raw, source=str(path))
+        if check is not None:
+            check(recipe, str(path))
+    except RecipeError as err:
+        item = _override_of(err.key, overrides)
+        if item is None or err.detail is None:
+            raise
+        raise RecipeError(f"override '{item}': {err.detail}", key=err.key, detail=err.detail) from None
+    return recipe
+
+
+def _override_of(key: str | None, overrides) -> str | None:
+    """The last override that set ``key`` (or a section or list holding it), if any."""
+    if not key:
+        return None
+    found = None
+    for item in overrides:
+        name = item.split("=", 1)[0].strip()
+        if key == name or key.startswith((name + ".", name + "[")):
+            found = item
+    return found
 
 
 def recipe_from_dict(raw: dict, source: str = "<recipe>") -> Recipe:
@@ -218,7 +275,8 @@ def _build(cls, raw: dict, prefix: str, source: str):
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         path = prefix + unknown[0]
-        raise RecipeError(f"{source}: unknown key '{path}' (known: {', '.join(sorted(fields))})")
+        hint = did_you_mean(path, [prefix + f for f in fields])
+        raise _error(source, path, f"unknown key '{path}'{hint} (known: {', '.join(sorted(fields))})")
     values = {}
     for name, value in raw.items():
         path = prefix + name
@@ -227,22 +285,22 @@ def _build(cls, raw: dict, prefix: str, source: str):
             if value is None:
                 value = {}
             if not isinstance(value, dict):
-                raise RecipeError(f"{source}: '{path}' must be a section (mapping)")
+                raise _error(source, path, f"'{path}' must be a section (mapping)")
             values[name] = _build(hint, value, path + ".", source)
         elif name in OPEN_SECTIONS:
             values[name] = _open_section(value, path, source)
         else:
             values[name] = coerce(value, hint, path, source)
             if path in MINIMUM and values[name] is not None and values[name] < MINIMUM[path]:
-                raise RecipeError(f"{source}: '{path}' must be at least {MINIMUM[path]}, got {value!r}")
+                raise _error(source, path, f"'{path}' must be at least {MINIMUM[path]}, got {value!r}")
     return cls(**values)
 
 
 def _open_section(value: Any, path: str, source: str) -> dict:
     if not isinstance(value, dict):
-        raise RecipeError(f"{source}: '{path}' must be a section (mapping) with a 'name'")
+        raise _error(source, path, f"'{path}' must be a section (mapping) with a 'name'")
     if not isinstance(value.get("name"), str):
-        raise RecipeError(f"{source}: '{path}.name' is required and must be a string")
+        raise _error(source, f"{path}.name", f"'{path}.name' is required and must be a string")
     for key in value:
         if not isinstance(key, str):
             raise RecipeError(f"{source}: '{path}' has a non-string key {key!r}")
@@ -269,7 +327,7 @@ def coerce(value: Any, hint: Any, path: str, source: str = "<recipe>") -> Any:
         raise errors[0]
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise RecipeError(f"{source}: '{path}' must be a list, got {value!r}")
+            raise _error(source, path, f"'{path}' must be a list, got {value!r}")
         inner = args[0] if args else Any
         items = [coerce(v, inner, f"{path}[{i}]", source) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
@@ -288,7 +346,7 @@ def coerce(value: Any, hint: Any, path: str, source: str = "<recipe>") -> Any:
     elif isinstance(hint, type) and isinstance(value, hint):
         return value
     name = getattr(hint, "__name__", str(hint))
-    raise RecipeError(f"{source}: '{path}' must be {name}, got {value!r}")
+    raise _error(source, path, f"'{path}' must be {name}, got {value!r}")
 
 
 def check_kwargs(fn: Callable, kwargs: dict, path: str, source: str = "<recipe>",
@@ -304,8 +362,8 @@ def check_kwargs(fn: Callable, kwargs: dict, path: str, source: str = "<recipe>"
     out = {}
     for key, value in kwargs.items():
         if key not in params:
-            raise RecipeError(
-                f"{source}: unknown key '{path}.{key}' (known: {', '.join(sorted(params)) or 'none'})"
-            )
+            hint = did_you_mean(f"{path}.{key}", [f"{path}.{p}" for p in params])
+            raise _error(source, f"{path}.{key}",
+                         f"unknown key '{path}.{key}'{hint} (known: {', '.join(sorted(params)) or 'none'})")
         out[key] = coerce(value, hints.get(key, Any), f"{path}.{key}", source)
     return out

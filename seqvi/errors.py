@@ -5,6 +5,8 @@ byte offset when known) and how to fix it. The CLI prints it and exits 2;
 only ``--debug`` shows a traceback. Library code never prints.
 """
 
+from __future__ import annotations
+
 
 class SeqviError(Exception):
     """Base class: a user-facing error with a one-line message."""
@@ -13,7 +15,16 @@ class SeqviError(Exception):
 
 
 class RecipeError(SeqviError):
-    """A recipe or an override is malformed (unknown key, wrong type, bad value)."""
+    """A recipe or an override is malformed (unknown key, wrong type, bad value).
+
+    ``key`` is the key path the message is about (``model.hidden_size``) and
+    ``detail`` the message without its source, so that an error caused by a
+    command-line override can be re-told as the override's.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, detail: str | None = None):
+        super().__init__(message)
+        self.key, self.detail = key, detail
 
 
 class DataError(SeqviError):

@@ -6,6 +6,7 @@ print. Plots use matplotlib's Agg backend, imported when a plot is drawn.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,50 @@ class TrainProgress:
                 console.print(line)
 
 
+def train_summary(result: Any, cfg: Any) -> str:
+    """The line ``train`` ends with: how far the run got, why this call stopped, the validation."""
+    best = f"best valid {result.best_valid:.4f} nats/step"
+    where = f"epoch {result.epoch} (step {result.step})"
+    if result.nothing_to_do:
+        if result.stop == "patience":
+            return (f"already stopped early at {where}: {result.since_best} epochs without a better valid "
+                    f"(train.patience {cfg.patience}), nothing to do (raise train.patience to go on); {best}")
+        return f"already trained to {where}, nothing to do (raise train.epochs to extend); {best}"
+    rate = result.train_steps / max(result.seconds, 1e-9)
+    done = (f"in {result.seconds:.1f} s, {rate:,.0f} time steps/s; valid {result.last_valid:.4f} nats/step, "
+            f"best {result.best_valid:.4f}")
+    if result.stop == "patience":
+        return (f"stopped early at {where}: {result.since_best} epochs without a better valid "
+                f"(train.patience {cfg.patience}); trained {done}")
+    if result.stop == "budget":
+        return (f"time budget of {cfg.max_minutes:g} min used at {where}: checkpoint written, rerun the same "
+                f"command to continue; trained {done}")
+    return f"trained to {where} {done}"
+
+
+class SweepProgress:
+    """Renders ``seqvi sweep``'s events: a line when a run starts and when it is done."""
+
+    def __call__(self, kind: str, info: dict) -> None:
+        if kind == "point":
+            state = "" if info["status"] == "new" else f" ({info['status']})"
+            console.print(f"[bold][{info['index']}/{info['total']}][/] {info['run_dir']}{state}")
+        elif kind == "done":
+            extra = f"; eval {info['evaluated']}" if info["evaluated"] else ""
+            note = f": {info['message']}" if info["message"] else ""
+            console.print(f"  {info['action']} -> {info['status']}{extra}{note}")
+
+
+def sweep_table(result: Any) -> Table:
+    table = Table(title=f"sweep {result.folder}: {len(result.outcomes)} runs")
+    for name in ("run", "action", "status", "eval", "note"):
+        table.add_column(name, overflow="fold")
+    for o in result.outcomes:
+        table.add_row(o.point.name, o.action, f"[{STATUS_STYLE.get(o.status, '')}]{o.status}[/]", o.evaluated,
+                      o.message)
+    return table
+
+
 # --------------------------------------------------------------------------- tables
 
 
@@ -119,6 +164,146 @@ def eval_table(result: Any, per_step: bool = False, title: str | None = None) ->
                   f"{result.kl.sum() / seqs:.2f}", *[f"{result.column_totals(c)[1]:.2f}" for c in extra],
                   "", style="bold")
     return table
+
+
+STATUS_STYLE = {"finished": "green", "running": "cyan", "submitted": "cyan", "preempted": "yellow",
+                "stopped": "yellow", "failed": "red", "empty": "dim"}
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit} ago"
+    return "just now"
+
+
+def runs_table(statuses: list, now: float | None = None) -> Table:
+    """``seqvi runs``: one row per run directory with its status (seqvi/engine/status.py has the rule)."""
+    import time
+
+    now = time.time() if now is None else now
+    table = Table(title=f"{len(statuses)} runs")
+    for name, justify in (("run", "left"), ("status", "left"), ("epoch", "right"), ("step", "right"),
+                          ("best valid", "right"), ("modified", "left"), ("why", "left")):
+        table.add_column(name, justify=justify, overflow="fold")
+    for st in statuses:
+        epoch = f"{st.epoch}/{st.epochs}" if st.epochs else str(st.epoch)
+        best = f"{st.best_valid:.4f} (ep {st.best_epoch})" if st.best_epoch else ""
+        modified = time.strftime("%Y-%m-%d %H:%M", time.localtime(st.modified)) if st.modified else ""
+        table.add_row(str(st.run_dir), f"[{STATUS_STYLE.get(st.status, '')}]{st.status}[/]", epoch, str(st.step),
+                      best, f"{modified} ({_age(now - st.modified)})" if modified else "", st.why)
+    return table
+
+
+def _mean_sd(stats: tuple | None, n: int, digits: int = 3) -> str:
+    if stats is None:
+        return ""
+    mean, sd, count = stats
+    text = f"{mean:.{digits}f}" if math.isnan(sd) else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+    return text if count == n else f"{text} ({count}/{n})"
+
+
+def _compare_cells(comparison: Any) -> tuple[list[str], list[list[str]]]:
+    """Header and text cells shared by the Rich table and the Markdown file."""
+    show_differs = any(row.differs for row in comparison.rows)
+    header = ["recipe", "model", "q"] + (["differs"] if show_differs else []) + ["seeds", "n", "epochs",
+              "best valid"] + [f"{c} ({comparison.split})" if c in ("F", "KL") else c for c in comparison.columns]
+    header += ["train min", "notes"]
+    rows = []
+    for row in comparison.rows:
+        n = len(row.runs)
+        cells = [row.recipe, row.model, row.q] + ([row.differs] if show_differs else [])
+        cells += [",".join(str(s) for s in row.seeds), str(n), row.epochs, _mean_sd(row.stats("best valid"), n)]
+        cells += [_mean_sd(row.stats(c), n) for c in comparison.columns]
+        cells += [_mean_sd(row.stats("train min"), n, 2), "; ".join(row.notes)]
+        rows.append(cells)
+    return header, rows
+
+
+def compare_table(comparison: Any) -> Table:
+    """``seqvi compare``: one row per config, seeds pooled (mean ± sd); nats per step, lower is better."""
+    header, rows = _compare_cells(comparison)
+    table = Table(title=f"{len(comparison.runs)} runs, {len(comparison.rows)} rows — nats per step, lower is "
+                        f"better; mean ± sd over seeds; eval columns from eval/{comparison.split}.json")
+    for name in header:
+        table.add_column(name, justify="left" if name in ("recipe", "model", "q", "differs", "seeds", "notes")
+                         else "right", overflow="fold")
+    for cells in rows:
+        if "posterior collapse" in cells[-1]:
+            cells = cells[:-1] + [f"[bold red]{cells[-1]}[/]"]
+        table.add_row(*cells)
+    return table
+
+
+def compare_flags(comparison: Any) -> list[str]:
+    """One line per row with a posterior collapse, so the flag is read whatever the table's width."""
+    lines = []
+    for row in comparison.rows:
+        for note in row.notes:
+            if note.startswith("posterior collapse"):
+                what = " ".join(x for x in (row.recipe, row.model, row.q, row.differs) if x)
+                lines.append(f"[bold red]{note}[/] in {what}: KL per step below 0.01 nats, q is the prior")
+    return lines
+
+
+def compare_markdown(comparison: Any) -> str:
+    header, rows = _compare_cells(comparison)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in rows]
+    return "\n".join(lines) + "\n"
+
+
+def compare_csv(comparison: Any) -> str:
+    """One line per row: labels, then mean, sd and count of every number (empty where absent)."""
+    import csv
+    import io
+
+    numbers = ["best valid"] + list(comparison.columns) + ["train min"]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["recipe", "model", "q", "differs", "seeds", "n", "epochs"]
+                    + [f"{c} {k}" for c in numbers for k in ("mean", "sd", "n")] + ["notes", "runs"])
+    for row in comparison.rows:
+        cells = [row.recipe, row.model, row.q, row.differs, " ".join(str(s) for s in row.seeds), len(row.runs),
+                 row.epochs]
+        for column in numbers:
+            stats = row.stats(column)
+            cells += ["", "", 0] if stats is None else [repr(stats[0]), "" if math.isnan(stats[1]) else repr(stats[1]),
+                                                        stats[2]]
+        writer.writerow(cells + ["; ".join(row.notes), " ".join(str(r.run_dir) for r in row.runs)])
+    return out.getvalue()
+
+
+def plot_learning_curves(comparison: Any, path: Path) -> Path:
+    """PNG: validation nats/step against epoch and against training wall time, one line per run."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
+    from matplotlib.ticker import MaxNLocator
+
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = ("-", "--", ":", "-.")
+    longest = max((t for run in comparison.runs for _, _, t in run.status.curve if t == t), default=0.0)
+    unit, scale = ("min", 60.0) if longest >= 120 else ("s", 1.0)
+    for g, row in enumerate(comparison.rows):
+        for k, run in enumerate(row.runs):
+            curve = run.status.curve
+            if not curve:
+                continue
+            epochs, values, seconds = zip(*curve)
+            style = dict(color=colors[g % len(colors)], ls=styles[k % len(styles)], lw=1.2, marker=".", ms=3)
+            label = f"{run.run_dir.name}" if len(comparison.runs) <= 12 else (row.recipe if k == 0 else None)
+            axes[0].plot(epochs, values, label=label, **style)
+            axes[1].plot([s / scale for s in seconds], values, **style)
+    axes[0].set_xlabel("epoch")
+    axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[1].set_xlabel(f"training wall time ({unit}; time between stop and resume left out)")
+    for ax in axes:
+        ax.set_ylabel("valid free energy (nats/step)")
+        ax.grid(alpha=0.3)
+    if any(run.status.curve for run in comparison.runs):
+        axes[0].legend(fontsize=7)
+    fig.suptitle("learning curves (one colour per row, one line style per seed)")
+    return _save(plt, fig, path)
 
 
 def iteration_table(curve: np.ndarray, split: str, trained: int | None = None) -> Table:

@@ -70,7 +70,7 @@ def manifests(tmp_path, monkeypatch) -> Path:
     """A manifest folder holding the repository's manifests plus ``tiny``."""
     folder = tmp_path / "manifests"
     folder.mkdir()
-    for path in (REPO / "datasets").glob("*.yaml"):
+    for path in (REPO / "seqvi" / "data" / "manifests").glob("*.yaml"):
         (folder / path.name).write_text(path.read_text())
     (folder / "tiny.yaml").write_text(TINY_MANIFEST)
     monkeypatch.setenv("SEQVI_MANIFESTS", str(folder))

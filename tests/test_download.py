@@ -127,11 +127,11 @@ def test_every_mirror_failing_gives_one_error_listing_each(server, tmp_path):
         dead_port = probe.getsockname()[1]
     dead = f"http://127.0.0.1:{dead_port}/data.bin"
     with pytest.raises(DownloadError) as err:
-        download_file([dead, url(server, "/gone.bin")], tmp_path / "data.bin", timeout=5)
+        download_file([dead, url(server, "/gone.bin")], tmp_path / "data.bin", timeout=5, dataset="jsb-chorales")
     message = str(err.value)
     assert f"{dead}: host did not answer" in message
     assert f"{url(server, '/gone.bin')}: HTTP 404" in message
-    assert message.endswith("run `seqvi preprocess NAME --source PATH`") and "\n" not in message
+    assert message.endswith("run `seqvi preprocess jsb-chorales --source PATH`") and "\n" not in message
     assert not (tmp_path / "data.bin").exists()
 
 

@@ -59,7 +59,7 @@ def ctx(tmp_path_factory):
     base = tmp_path_factory.mktemp("malformed")
     manifests = base / "manifests"
     manifests.mkdir()
-    for path in (REPO / "datasets").glob("*.yaml"):
+    for path in (REPO / "seqvi" / "data" / "manifests").glob("*.yaml"):
         (manifests / path.name).write_text(path.read_text())
     (manifests / "tiny.yaml").write_text(TINY_MANIFEST)
     with pytest.MonkeyPatch.context() as mp:

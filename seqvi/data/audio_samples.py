@@ -10,13 +10,12 @@ listener never opens half a file.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from seqvi.data.atomic import atomic_output
 from seqvi.data.store import Store
 from seqvi.errors import DataError
 
@@ -44,12 +43,6 @@ def to_int16(x: np.ndarray, mean: float, std: float) -> np.ndarray:
 def _write_atomic(path: Path, rate: int, wave: np.ndarray) -> Path:
     from scipy.io import wavfile
 
-    handle, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            wavfile.write(out, rate, wave)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as out:
+        wavfile.write(out, rate, wave)
     return path

@@ -34,20 +34,25 @@ import hashlib
 import http.client
 import os
 import re
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Callable
 
 from seqvi import __version__
+from seqvi.data.atomic import atomic_output
 from seqvi.errors import DataError, DownloadError
 
 Progress = Callable[[str, int, int | None], None]  # (file name, bytes done, total or None)
 
 USER_AGENT = f"seqvi/{__version__}"
 SUMS_FILE = "SHA256SUMS"
-SOURCE_HINT = "or fetch the file yourself and run `seqvi preprocess NAME --source PATH`"
+
+
+def source_hint(dataset: str | None = None) -> str:
+    """The way round a failed download, naming the data set when it is known."""
+    return f"or fetch the file yourself and run `seqvi preprocess {dataset or '<data set>'} --source PATH`"
+
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _SUMS_LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](.+)")
 
@@ -134,7 +139,7 @@ def _content_length(response) -> int | None:
     return int(value) if value and value.strip().isdigit() else None
 
 
-def _fetch(opener, url, part: Path, expected, progress, timeout, chunk_size) -> str:
+def _fetch(opener, url, part: Path, expected, progress, timeout, chunk_size, dataset=None) -> str:
     """Stream ``url`` into ``part``; return its sha256 once complete and checked."""
     name = part.name[: -len(".part")]
     response, offset, total = _start(opener, url, part, timeout)
@@ -160,7 +165,7 @@ def _fetch(opener, url, part: Path, expected, progress, timeout, chunk_size) -> 
         part.unlink(missing_ok=True)
         raise ChecksumMismatch(
             f"{name}: sha256 of {url} is {digest}, expected {expected}; the file changed upstream or was "
-            f"corrupted (the partial download was deleted); try a mirror {SOURCE_HINT}",
+            f"corrupted (the partial download was deleted); try a mirror {source_hint(dataset)}",
             url=url, expected=expected, actual=digest,
         )
     return digest
@@ -174,16 +179,18 @@ def download_file(
     progress: Progress | None = None,
     timeout: float = 30.0,
     chunk_size: int = 1 << 16,
+    dataset: str | None = None,
 ) -> str:
     """Download the first URL that works to ``dest``; return the file's hex sha256.
 
-    Raises DownloadError (one line) when every URL fails, naming each URL's reason.
+    Raises DownloadError (one line) when every URL fails, naming each URL's reason
+    (and ``dataset`` in the hint to preprocess a copy fetched by hand).
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
     expected = sha256.lower() if sha256 else None
     if not urls:
-        raise DownloadError(f"{dest.name}: no URL to download it from; {SOURCE_HINT.removeprefix('or ')}")
+        raise DownloadError(f"{dest.name}: no URL to download it from; {source_hint(dataset).removeprefix('or ')}")
     dest.parent.mkdir(parents=True, exist_ok=True)
     opener = urllib.request.build_opener()  # reads proxy settings from the environment now
     reasons = []
@@ -191,14 +198,14 @@ def download_file(
         if i > 0 and expected is None:
             part.unlink(missing_ok=True)  # another mirror's bytes could not be checked
         try:
-            digest = _fetch(opener, url, part, expected, progress, timeout, chunk_size)
+            digest = _fetch(opener, url, part, expected, progress, timeout, chunk_size, dataset)
         except _MirrorFailed as e:
             reasons.append(f"{url}: {e}")
             continue
         os.replace(part, dest)
         _fsync_dir(dest.parent)
         return digest
-    raise DownloadError(f"{dest.name}: download failed ({'; '.join(reasons)}); check the network and rerun, {SOURCE_HINT}")
+    raise DownloadError(f"{dest.name}: download failed ({'; '.join(reasons)}); check the network and rerun, {source_hint(dataset)}")
 
 
 def read_sums(raw_dir: str | Path) -> dict[str, str]:
@@ -222,16 +229,8 @@ def read_sums(raw_dir: str | Path) -> dict[str, str]:
 
 
 def _write_sums(raw_dir: Path, sums: dict[str, str]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{SUMS_FILE}.", suffix=".tmp", dir=raw_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(f"{digest}  {name}\n" for name, digest in sums.items())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, raw_dir / SUMS_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(raw_dir / SUMS_FILE, "w", encoding="utf-8") as f:
+        f.writelines(f"{digest}  {name}\n" for name, digest in sums.items())
 
 
 def _plain_name(name) -> str:
@@ -246,6 +245,7 @@ def fetch_files(
     *,
     progress: Progress | None = None,
     timeout: float = 30.0,
+    dataset: str | None = None,
 ) -> dict[str, str]:
     """Make every manifest file present and verified in ``raw_dir``; return ``{name: sha256}``.
 
@@ -267,7 +267,8 @@ def fetch_files(
             continue
         try:
             digest = download_file(
-                list(entry.get("urls") or []), dest, sha256=expected, progress=progress, timeout=timeout
+                list(entry.get("urls") or []), dest, sha256=expected, progress=progress, timeout=timeout,
+                dataset=dataset,
             )
         except ChecksumMismatch as e:
             if from_manifest is not None:

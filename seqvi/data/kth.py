@@ -20,8 +20,8 @@ uint8 frames ``(T, 1, 64, 64)``; batches scale them by ``value_scale = 1/255``.
 Memory holds one video at a time.
 
 Splits are by person, from the manifest's ``splits`` (split -> person ids):
-``datasets/kth.yaml`` has the official split (train 11-18; valid 19, 20, 21,
-23, 24, 25, 1, 4; test 22, 2, 3, 5-10), ``datasets/kth-denton.yaml`` SVG's
+``seqvi/data/manifests/kth.yaml`` has the official split (train 11-18; valid 19, 20, 21,
+23, 24, 25, 1, 4; test 22, 2, 3, 5-10), ``kth-denton.yaml`` SVG's
 (train 1-20, test 21-25; Denton's code has no validation set, so valid holds
 the test persons again). A manifest without ``splits`` gets the official one.
 

@@ -1,10 +1,20 @@
-"""Data set manifests (``datasets/NAME.yaml``) and where data lives on disk.
+"""Data set manifests (``seqvi/data/manifests/NAME.yaml``) and where data lives on disk.
 
 A manifest names the adapter that turns raw files into a store, how to obtain
 the raw files (``http``: listed URLs with mirrors; ``music21``: export from an
-installed package), the time resolution and the licence. The data root holds
-``raw/NAME/`` and ``processed/NAME.h5``; it is ``--root``, else ``$SEQVI_DATA``,
-else the repository's ``datasets/`` folder (next to the manifests).
+installed package), the time resolution and the licence. The manifests are
+package data: they ship inside the installed package (wheel or source
+checkout alike); ``$SEQVI_MANIFESTS`` points at a folder of other manifests
+instead (extra or private data sets).
+
+The data root holds ``raw/NAME/`` and ``processed/NAME.h5``. It is ``--root``
+(or a recipe's ``data.root``), else ``$SEQVI_DATA``, else:
+
+* in a source checkout (the package imported from a clone, ``pip install -e``):
+  the repository's ``datasets/`` folder, wherever the command runs;
+* in an installed package: ``./datasets`` of the current directory, the way
+  runs go to ``./runs``. Set ``$SEQVI_DATA`` once to use one data root from
+  every directory.
 """
 
 from __future__ import annotations
@@ -14,16 +24,29 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqvi.config import coerce, read_yaml
+from seqvi.config import coerce, did_you_mean, read_yaml
 from seqvi.errors import RecipeError, SeqviError
 
-MANIFEST_DIR = Path(__file__).resolve().parents[2] / "datasets"
+MANIFEST_DIR = Path(__file__).resolve().parent / "manifests"
+_REPO = Path(__file__).resolve().parents[2]
 
 
 def manifest_dir() -> Path:
-    """``$SEQVI_MANIFESTS`` (extra or private data sets), else the repository's ``datasets/``."""
+    """``$SEQVI_MANIFESTS`` (extra or private data sets), else the manifests shipped with the package."""
     env = os.environ.get("SEQVI_MANIFESTS")
     return Path(env).expanduser() if env else MANIFEST_DIR
+
+
+def source_checkout() -> Path | None:
+    """The repository this package is imported from, if it is a source checkout (not site-packages)."""
+    if (_REPO / "pyproject.toml").is_file() and (_REPO / "seqvi" / "data" / "manifest.py").is_file():
+        return _REPO
+    return None
+
+
+def default_data_root() -> Path:
+    checkout = source_checkout()
+    return checkout / "datasets" if checkout is not None else Path("datasets")
 
 
 @dataclass(frozen=True)
@@ -47,7 +70,8 @@ def available() -> list[str]:
 def load_manifest(name: str) -> Manifest:
     path = manifest_dir() / f"{name}.yaml"
     if not path.exists():
-        raise SeqviError(f"unknown data set '{name}' (known: {', '.join(available())})")
+        raise SeqviError(f"unknown data set '{name}'{did_you_mean(name, available())} "
+                         f"(known: {', '.join(available())})")
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a manifest must be a mapping of fields, got {type(raw).__name__}")
@@ -69,10 +93,11 @@ def load_manifest(name: str) -> Manifest:
 
 
 def data_root(root: str | Path | None = None) -> Path:
+    """``root``, else ``$SEQVI_DATA``, else the default (see the module docstring)."""
     if root:
         return Path(root).expanduser()
     env = os.environ.get("SEQVI_DATA")
-    return Path(env).expanduser() if env else MANIFEST_DIR
+    return Path(env).expanduser() if env else default_data_root()
 
 
 def raw_dir(name: str, root: str | Path | None = None) -> Path:

@@ -39,14 +39,13 @@ back ``roll`` exactly.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import mido
 import numpy as np
 
+from seqvi.data.atomic import atomic_output
 from seqvi.errors import DataError
 
 LOW_PITCH = 21
@@ -233,14 +232,5 @@ def roll_to_midi(
         last = tick
     midi = mido.MidiFile(type=1, ticks_per_beat=ticks_per_beat, tracks=[tempo_track, note_track])
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            midi.save(file=f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as f:
+        midi.save(file=f)

@@ -22,7 +22,7 @@ Progress = Callable[[str, int, int | None], None]
 
 
 def _download_http(manifest, raw: Path, progress: Progress | None, limit: int | None = None):
-    return fetch_files(list(manifest.files), raw, progress=progress)
+    return fetch_files(list(manifest.files), raw, progress=progress, dataset=manifest.name)
 
 
 def _download_music21(manifest, raw: Path, progress: Progress | None, limit: int | None = None):
@@ -48,11 +48,31 @@ def _checked(name: str, kind: str, value: str, known: dict) -> str:
 
 def download(name: str, root: str | None = None, progress: Progress | None = None,
              limit: int | None = None):
+    """Fetch (or export) a data set's raw files into ``<root>/raw/NAME``; returns (folder, result).
+
+    A failed call removes the folders it created that are still empty (``raw/NAME``,
+    and ``raw/`` and the root when it made them); a partial ``.part`` download is kept
+    (a rerun resumes it), and so is anything that was there before.
+    """
     manifest = load_manifest(name)
     _checked(name, "download", manifest.download, DOWNLOADERS)
     raw = raw_dir(name, root)
+    created = [folder for folder in (raw, raw.parent, raw.parent.parent) if not folder.exists()]
     raw.mkdir(parents=True, exist_ok=True)
-    return raw, DOWNLOADERS[manifest.download](manifest, raw, progress, limit)
+    try:
+        return raw, DOWNLOADERS[manifest.download](manifest, raw, progress, limit)
+    except BaseException:
+        _remove_empty(created)
+        raise
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (innermost first) that are empty; a folder with anything in it stays."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (a resumable .part, a file of the user's) or already gone
+            return
 
 
 def find_source(name: str, root: str | None = None) -> Path:

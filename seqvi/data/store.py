@@ -157,7 +157,9 @@ class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not self.path.exists():
-            raise DataError(f"{self.path}: no processed store; run `seqvi preprocess NAME` first")
+            name = self.path.name.removesuffix(".h5")
+            raise DataError(f"{self.path}: no processed store; run `seqvi download {name}` and `seqvi preprocess "
+                            f"{name}` first (or point data.root / $SEQVI_DATA at the data root that has it)")
         try:
             self.file = h5py.File(self.path, "r")
         except OSError as err:

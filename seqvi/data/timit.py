@@ -124,9 +124,8 @@ def preprocess_timit(manifest: Manifest, source: Path, out_path: Path, *, strict
             report.sources[source.name + "/"] = folder_digest.hexdigest()
         for split, lengths in num_samples.items():
             if not lengths:
-                first = f"; first: {report.skipped[0][1]}" if report.skipped else ""
                 raise DataError(f"{source}: no readable {split} utterances "
-                                f"({len(report.skipped)} files skipped{first})")
+                                f"({len(report.skipped)} files skipped{_first_reason(report)})")
             writer.file[split].create_dataset("num_samples", data=np.asarray(lengths, dtype=np.int64))
         report.path = writer.close({
             "dataset": manifest.name,
@@ -169,11 +168,20 @@ def _train_statistics(source: Path, utterances: list[Utterance], report: Preproc
         if progress:
             progress(f"{source.name}: train statistics", done, len(train))
     if count == 0:
-        raise DataError(f"{source}: no readable training utterances ({len(report.skipped)} files skipped)")
+        raise DataError(f"{source}: no readable training utterances ({len(report.skipped)} files skipped"
+                        f"{_first_reason(report)})")
     std = float(np.sqrt(max(count * sq_total - total * total, 0) / count ** 2))
     if std == 0.0:
         raise DataError(f"{source}: the training audio is constant (std 0); nothing to normalize")
     return total / count, std, bad
+
+
+def _first_reason(report: PreprocessReport) -> str:
+    """``"; first: <file>: <why>"`` for the first skipped file, else ``""``."""
+    if not report.skipped:
+        return ""
+    name, why = report.skipped[0]
+    return f"; first: {why if why.startswith(name) else f'{name}: {why}'}"
 
 
 def frame(samples: np.ndarray, mean: float, std: float) -> np.ndarray:

@@ -24,6 +24,7 @@ from seqvi.errors import CheckpointError
 
 FORMAT = "seqvi-checkpoint"
 VERSION = 1
+_WHERE = "seqvi checkpoints are written by `seqvi train` into RUN/checkpoints/"
 
 
 def rng_state() -> dict:
@@ -58,6 +59,8 @@ def save(payload: dict[str, Any], path: Path) -> None:
 def load(path: Path, map_location: Any = "cpu") -> dict:
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
+    if path.is_file() and (kind := torch_file_kind(path)) and "TorchScript" in kind:
+        raise CheckpointError(f"{path}: not a seqvi checkpoint ({kind}; {_WHERE})")  # torch.load would warn first
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for corrupt or unsafe files
@@ -65,6 +68,9 @@ def load(path: Path, map_location: Any = "cpu") -> dict:
             raise CheckpointError(f"{path}: refused by the weights-only loader ({reason(err)}); a seqvi "
                                   f"checkpoint holds only tensors and plain containers, so nothing in it "
                                   f"was run") from None
+        kind = torch_file_kind(path)
+        if kind:
+            raise CheckpointError(f"{path}: not a seqvi checkpoint ({kind}; {_WHERE})") from None
         raise CheckpointError(f"{path}: not a loadable seqvi checkpoint (truncated or corrupt: {reason(err)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a seqvi checkpoint (no '{FORMAT}' marker)")
@@ -73,6 +79,27 @@ def load(path: Path, map_location: Any = "cpu") -> dict:
             f"{path}: checkpoint version {payload.get('version')} is not supported (expected {VERSION})"
         )
     return payload
+
+
+def torch_file_kind(path: Path) -> str | None:
+    """What a complete torch file that ``load`` refused is ("a TorchScript archive", ...), else None.
+
+    torch's own format is a zip holding ``<name>/data.pkl``; a TorchScript archive also holds
+    ``<name>/constants.pkl`` and code. A truncated file has no readable central directory and
+    gives None, so "truncated or corrupt" stays for the files that are.
+    """
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None
+    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+        return "a TorchScript archive (torch.jit.save)"
+    if any(n.endswith("/data.pkl") for n in names):
+        return "a torch file that is not a seqvi checkpoint"
+    return None
 
 
 def reason(err: BaseException) -> str:

@@ -29,7 +29,7 @@ from seqvi.data.batches import pad
 from seqvi.data.store import SplitData
 from seqvi.engine.sample import sample_sequences
 from seqvi.errors import SeqviError
-from seqvi.metrics import psnr, ssim
+from seqvi.metrics import WINDOW, psnr, ssim
 
 
 @dataclass
@@ -70,6 +70,11 @@ def predict(model: Any, inference: Any, split: SplitData, name: str, *, context:
     if context < 1 or not horizons or horizons[0] < 1 or samples < 1:
         raise SeqviError(f"predict: need context >= 1, horizons >= 1 and samples >= 1 "
                          f"(got {context}, {horizons}, {samples})")
+    frame_shape = tuple(split.frames.shape[1:])
+    if len(frame_shape) != 3 or min(frame_shape[-2:]) < WINDOW:
+        raise SeqviError(f"{split.path}: predict scores video frames (C, H, W) of at least {WINDOW}x{WINDOW} "
+                         f"pixels by PSNR and SSIM; this data set's frames have shape {frame_shape} "
+                         f"(use `seqvi eval` or `seqvi sample` for it)")
     total = context + horizons[-1]
     picks = eligible_sequences(split, total, max_sequences)
     if not picks:

@@ -5,9 +5,11 @@
     checkpoints/last.pt      latest state; best.pt: lowest validation free energy
     eval/<split>.json        evaluation results
     samples/                 MIDI/PNG samples
+    history.jsonl, train.lock, preempted    the run's starts and stops (seqvi/engine/status.py)
 
 Re-running ``train`` on a run directory resumes it when the resolved config is
-the same (``train.epochs`` may grow: extending a run is resuming it). A
+the same (``train.epochs``, ``train.patience`` and ``train.max_minutes`` may
+change: they decide when training stops, not what a step computes). A
 different config is refused unless ``force``, which starts the run afresh.
 """
 
@@ -22,7 +24,7 @@ import yaml
 
 from seqvi.errors import SeqviError
 
-RESUMABLE_KEYS = (("train", "epochs"),)
+RESUMABLE_KEYS = (("train", "epochs"), ("train", "patience"), ("train", "max_minutes"))
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -86,14 +88,15 @@ def prepare(run_dir: Path, config: dict, force: bool = False) -> tuple[bool, lis
                 f"{' ...' if len(diffs) > 3 else ''}); use another --run-dir or --force to replace it"
             )
         replaced = diffs
-        for name in ("checkpoints", "metrics.jsonl", "eval", "samples"):
+        for name in ("checkpoints", "metrics.jsonl", "history.jsonl", "eval", "samples"):
             target = run_dir / name
             if target.is_dir():
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
-    elif (run_dir / "metrics.jsonl").exists():
-        (run_dir / "metrics.jsonl").unlink()  # no checkpoint to resume: start clean
+    else:  # no checkpoint to resume: start clean
+        for name in ("metrics.jsonl", "history.jsonl"):
+            (run_dir / name).unlink(missing_ok=True)
     write_config(run_dir, config)
     return False, replaced
 

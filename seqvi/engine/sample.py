@@ -6,14 +6,41 @@ with the run's inference), their frames kept as given, then generation
 continues from the prior. Per-step inputs u (N, length, U) (actions), when
 given, condition every step (``model.condition``). Output x is
 (N, length, *X); ``primed`` steps are the real ones.
+
+``sample_run`` is the ``seqvi sample`` command: it primes from test
+sequences, writes the files (``seqvi.data.samples.SAMPLE_WRITERS``) and a
+picture, and leaves in the folder exactly the files of this call. It records
+their names in ``.seqvi-samples.json`` there and removes the files the
+previous call recorded that this one did not write (``--num 2`` after
+``--num 4`` leaves two samples, not four); files it never wrote (the user's)
+are left alone. In a run's own ``samples/`` folder written before the record
+existed, the files named like seqvi's (``sample_NN.*``, ``samples.*``) count
+as the previous call's.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
+
+from seqvi.errors import SeqviError
+
+RECORD = ".seqvi-samples.json"
+LEGACY_NAMES = re.compile(r"sample_\d{2,}\.(mid|wav|mp4|gif)|samples\.(npz|png)")
+Picture = Callable[[str, Any, Path, int], Path]   # (adapter, x, path, primed) -> path written
+
+
+@dataclass
+class SampleResult:
+    out_dir: Path
+    paths: list = field(default_factory=list)     # files written, the picture last
+    removed: list = field(default_factory=list)   # files of the previous call that this one did not write
 
 
 @torch.no_grad()
@@ -44,3 +71,54 @@ def sample_sequences(model: Any, inference: Any, num: int, length: int, *,
             frames.append(x_t)
             state = model.advance(state, x_t, z)
     return torch.stack(frames, 1)
+
+
+def sample_run(run: Any, *, num: int = 4, length: int = 128, prime: int = 0, out: Path | None = None,
+               seed: int = 0, mean: bool | None = None, picture: Picture | None = None) -> SampleResult:
+    """Sample ``num`` sequences from a loaded run and write them (and ``picture``'s PNG) to ``out``."""
+    from seqvi.data.batches import pad
+    from seqvi.data.samples import SAMPLE_MEAN, SAMPLE_WRITERS
+    from seqvi.engine.runs import write_text_atomic
+
+    prime_x, truth = None, None
+    if prime:
+        if prime >= length:
+            raise SeqviError(f"--prime {prime} must be shorter than --length {length}")
+        with run.open_store() as store:
+            test = store.split("test")
+            picks = [i for i in range(len(test)) if test.lengths[i] >= prime][:num]
+            if len(picks) < num:
+                raise SeqviError(f"only {len(picks)} test sequences have {prime} steps to prime from")
+            prime_x, _ = pad([test.read(i, 0, prime) for i in picks], test.value_scale)
+            truth, _ = pad([test.read(i, 0, length) for i in picks], test.value_scale, length)
+            truth = truth.numpy()
+    use_mean = SAMPLE_MEAN.get(run.spec.adapter, False) if mean is None else mean
+    x = sample_sequences(run.model, run.inference, num, length, prime=prime_x, seed=seed,
+                         use_mean=use_mean).cpu().numpy()
+    out_dir = Path(out) if out is not None else run.run_dir / "samples"
+    before = _previous_files(out_dir, legacy=out is None)
+    result = SampleResult(out_dir, list(SAMPLE_WRITERS[run.spec.adapter](x, out_dir, run.spec, truth=truth)))
+    if picture is not None:
+        result.paths.append(picture(run.spec.adapter, x, out_dir / "samples.png", prime))
+    written = {p.name for p in result.paths if Path(p).parent == out_dir}
+    for name in sorted(before - written):
+        (out_dir / name).unlink(missing_ok=True)
+        result.removed.append(out_dir / name)
+    write_text_atomic(out_dir / RECORD, json.dumps({
+        "files": sorted(written), "checkpoint": str(run.checkpoint), "num": num, "length": length,
+        "prime": prime, "seed": seed, "mean": use_mean}, indent=1))
+    return result
+
+
+def _previous_files(out_dir: Path, legacy: bool) -> set[str]:
+    """Names the previous call into ``out_dir`` wrote (plain names inside the folder only)."""
+    try:
+        names = json.loads((out_dir / RECORD).read_text(encoding="utf-8"))["files"]
+        return {n for n in names if isinstance(n, str) and n and "/" not in n and "\\" not in n
+                and n not in (".", "..", RECORD)}
+    except FileNotFoundError:
+        if legacy and out_dir.is_dir():
+            return {p.name for p in out_dir.iterdir() if p.is_file() and LEGACY_NAMES.fullmatch(p.name)}
+        return set()
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()   # an unreadable record: remove nothing

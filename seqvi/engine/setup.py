@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 import torch
 
-from seqvi.config import Recipe, check_kwargs
+from seqvi.config import Recipe, check_kwargs, did_you_mean
 from seqvi.data.manifest import store_path
 from seqvi.data.store import Store
 from seqvi.errors import DataError, RecipeError, SeqviError
@@ -79,13 +79,16 @@ def build_kwargs(recipe: Recipe, source: str = "<recipe>") -> tuple[type, dict, 
     model_kwargs = dict(recipe.model)
     model_name = model_kwargs.pop("name")
     if model_name not in MODELS:
-        raise RecipeError(f"{source}: unknown 'model.name' {model_name!r} (known: {', '.join(MODELS)})")
+        text = f"unknown 'model.name' {model_name!r}{did_you_mean(model_name, MODELS)} (known: {', '.join(MODELS)})"
+        raise RecipeError(f"{source}: {text}", key="model.name", detail=text)
     model_cls = MODELS[model_name]
     model_kwargs = check_kwargs(model_cls.__init__, model_kwargs, "model", source, skip=("self",) + DATA_ARGS)
     inf_kwargs = dict(recipe.inference)
     inf_name = inf_kwargs.pop("name")
     if inf_name not in INFERENCE:
-        raise RecipeError(f"{source}: unknown 'inference.name' {inf_name!r} (known: {', '.join(INFERENCE)})")
+        text = (f"unknown 'inference.name' {inf_name!r}{did_you_mean(inf_name, INFERENCE)} "
+                f"(known: {', '.join(INFERENCE)})")
+        raise RecipeError(f"{source}: {text}", key="inference.name", detail=text)
     inf_cls = INFERENCE[inf_name]
     inf_kwargs = check_kwargs(inf_cls.__init__, inf_kwargs, "inference", source, skip=("self", "model"))
     return model_cls, model_kwargs, inf_cls, inf_kwargs

@@ -14,11 +14,29 @@ optimizer, scheduler, position and RNG state, so a run killed at any point
 and resumed gives bitwise the parameters of an uninterrupted one.
 
 Under torchrun, each process takes its rows of every global batch
-(``seqvi.engine.distributed``). SIGTERM / SIGUSR1 (SLURM preemption) finish
-the current step, write ``last.pt`` and raise ``Preempted``; the CLI exits
-with ``REQUEUE_EXIT`` so a batch script can requeue the job. The loop
-reports through ``events`` (a callable taking an event name and a dict) and
-never prints.
+(``seqvi.engine.distributed``). The loop reports through ``events`` (a
+callable taking an event name and a dict) and never prints.
+
+Stopping early, always after a whole step and with ``last.pt`` written, so a
+rerun of the same command resumes exactly:
+
+* SIGTERM / SIGUSR1 (SLURM preemption): raise ``Preempted``, leave the
+  ``preempted`` marker; the CLI exits with ``REQUEUE_EXIT`` (75) so a batch
+  script requeues the job.
+* SIGINT (Ctrl-C): raise ``Interrupted``; the CLI exits 130 (what a shell
+  reports for Ctrl-C). No marker: nothing should requeue what a person
+  stopped. A second Ctrl-C raises ``KeyboardInterrupt`` at once (the last
+  checkpoint stays).
+* ``train.max_minutes``: the wall-clock budget of this call is used up;
+  returns normally with ``stop="budget"`` (exit 0, not 75: the budget is the
+  user's own stopping rule, like ``patience``; a batch script that requeued on
+  it would run the whole training anyway, one budget at a time).
+* ``train.patience``: N epochs in a row without a lower validation free
+  energy; returns with ``stop="patience"``. The count is in the checkpoint, so
+  a rerun says the run is done (raise ``train.patience`` to go on).
+
+Each start and stop is recorded in ``history.jsonl`` and ``train.lock`` marks
+a running process (``seqvi.engine.status``, which ``seqvi runs`` reads).
 """
 
 from __future__ import annotations
@@ -36,19 +54,14 @@ from seqvi.config import Recipe
 from seqvi.data.batches import Batch, crop_batch, epoch_order
 from seqvi.engine import checkpoint, distributed, runs
 from seqvi.engine.evaluate import evaluate
+from seqvi.engine.status import INTERRUPT_EXIT, REQUEUE_EXIT, Interrupted, Lifecycle, Preempted
 from seqvi.engine.setup import DataSpec, build, open_store, resolve_device
 from seqvi.errors import CheckpointError, SeqviError
 from seqvi.free_energy import noise_shard
 from seqvi.objectives import BOUNDS, Objective, TrainTerms, kl_weight, training_terms
 
 Events = Callable[[str, dict], None]
-REQUEUE_EXIT = 75  # EX_TEMPFAIL: "try again later"; the sbatch scripts requeue on it
-
-
-class Preempted(SeqviError):
-    """Training stopped on a signal after writing a checkpoint; rerun to resume."""
-
-    exit_code = REQUEUE_EXIT
+__all__ = ["train", "TrainResult", "Preempted", "Interrupted", "REQUEUE_EXIT", "INTERRUPT_EXIT"]
 
 
 @dataclass
@@ -63,12 +76,18 @@ class TrainResult:
     seconds: float = 0.0
     train_steps: int = 0        # real time steps trained in this call (all processes)
     skipped_nonfinite: int = 0
+    stop: str = "finished"      # finished | patience | budget (why this call returned)
+    nothing_to_do: bool = False  # the run was already complete (finished, or stopped by patience)
+    since_best: int = 0         # epochs since the best validation
 
 
 class _StopFlag:
-    """Signal handlers that only raise a flag; the loop acts at the end of a step."""
+    """Signal handlers that only raise a flag; the loop acts at the end of a step.
 
-    SIGNALS = ("SIGTERM", "SIGUSR1")
+    A second SIGINT while the first is pending raises KeyboardInterrupt at once.
+    """
+
+    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 
     def __init__(self):
         self.signal: int = 0
@@ -85,7 +104,10 @@ class _StopFlag:
         return self
 
     def _handle(self, signum, frame):
-        self.signal = signum
+        if signum == signal.SIGINT and self.signal == signal.SIGINT:
+            raise KeyboardInterrupt
+        if not self.signal:
+            self.signal = signum
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
@@ -104,17 +126,29 @@ def train(recipe: Recipe, run_dir: str | Path, *, device: str = "auto", force: b
 
 def _train(recipe: Recipe, run_dir: Path, dist: distributed.Dist, device: str, force: bool,
            events: Events | None, source: str = "<recipe>") -> TrainResult:
+    called = time.monotonic()
     events = events or (lambda kind, info: None)
     dev = resolve_device(device)
     cfg = recipe.train
     if recipe.objective.bound not in BOUNDS:
         raise SeqviError(f"objective.bound {recipe.objective.bound!r}: expected one of {', '.join(BOUNDS)}")
-    bound, particles = BOUNDS[recipe.objective.bound], recipe.objective.particles
     store = open_store(recipe)
-    spec = DataSpec.from_store(store, recipe.data.dataset)
-    train_split = store.split("train")
-    valid_split = store.split(cfg.valid_split)
+    try:
+        spec = DataSpec.from_store(store, recipe.data.dataset)
+        train_split = store.split("train")
+        valid_split = store.split(cfg.valid_split)
+        with Lifecycle(run_dir, enabled=dist.main) as life:
+            return _loop(recipe, run_dir, dist, dev, force, events, source, spec, train_split, valid_split,
+                         life, deadline=called + 60 * cfg.max_minutes if cfg.max_minutes else None)
+    finally:
+        store.close()
 
+
+def _loop(recipe: Recipe, run_dir: Path, dist: distributed.Dist, dev: torch.device, force: bool, events: Events,
+          source: str, spec: DataSpec, train_split, valid_split, life: Lifecycle,
+          deadline: float | None) -> TrainResult:
+    cfg = recipe.train
+    bound, particles = BOUNDS[recipe.objective.bound], recipe.objective.particles
     config = recipe.to_dict()
     resume, replaced = runs.prepare(run_dir, config, force) if dist.main else (False, [])
     distributed.barrier(dist)
@@ -147,6 +181,7 @@ def _train(recipe: Recipe, run_dir: Path, dist: distributed.Dist, device: str, f
             checkpoint.set_rng_state(state["rng"])
             epoch, start_batch, step = int(state["epoch"]), int(state["batch"]), int(state["step"])
             result.best_valid = float(state["best"])
+            result.since_best = int(state.get("since_best", 0))
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise CheckpointError(f"{ckpt_dir / 'last.pt'}: cannot resume from it ({checkpoint.reason(err)}); "
                                   f"delete {ckpt_dir} or use another --run-dir to start afresh") from None
@@ -160,20 +195,32 @@ def _train(recipe: Recipe, run_dir: Path, dist: distributed.Dist, device: str, f
                 "config": config, "data": vars(spec), "model": model.state_dict(),
                 "inference": inference.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "epoch": epoch_, "batch": batch_, "step": step,
-                "best": result.best_valid, "rng": checkpoint.rng_state(), "world_size": dist.world,
+                "best": result.best_valid, "since_best": result.since_best, "rng": checkpoint.rng_state(),
+                "world_size": dist.world,
             }, ckpt_dir / name)
+            if name == "last.pt":
+                life.saved(step)
 
     batches_per_epoch = len(epoch_order(train_split, recipe.data.batch_size, recipe.seed, 0,
                                         recipe.data.min_length))
     if batches_per_epoch == 0:
         raise SeqviError(f"{spec.store}: no training sequence has at least data.min_length="
                          f"{recipe.data.min_length} steps")
+    result.step, result.epoch = step, epoch
+    if cfg.patience and result.since_best >= cfg.patience:
+        result.stop, result.nothing_to_do = "patience", True
+        return result
+    if epoch >= cfg.epochs:
+        result.nothing_to_do = True
+        return result
     events("start", {"run_dir": str(run_dir), "resumed_step": result.resumed_step, "replaced": replaced,
                      "total_steps": cfg.epochs * batches_per_epoch, "step": step, "world_size": dist.world,
                      "parameters": sum(p.numel() for p in trainee.params), "device": str(dev)})
+    life.start(step, epoch, source)
     started = time.perf_counter()
     model.train()
     inference.train()
+    halt = None
     with _StopFlag() as stop:
         while epoch < cfg.epochs:
             order = epoch_order(train_split, recipe.data.batch_size, recipe.seed, epoch, recipe.data.min_length,
@@ -197,20 +244,24 @@ def _train(recipe: Recipe, run_dir: Path, dist: distributed.Dist, device: str, f
                 else:
                     optimizer.step()
                 step += 1
+                life.at(step, epoch)
                 result.train_steps += real_steps
                 value = loss_sum / max(real_steps, 1)
                 events("step", {"step": step, "epoch": epoch + 1, "loss": value})
                 if dist.main and step % cfg.log_every == 0:
                     metrics.log({"step": step, "epoch": epoch + 1, "loss": value, "kl_weight": beta,
                                  "lr": optimizer.param_groups[0]["lr"], "finite": finite, "time": time.time()})
-                at_end = b + 1 == len(order)
-                if not at_end and (_agreed_stop(dist, stop.signal)
-                                   or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
+                if b + 1 == len(order):
+                    break  # the epoch's end validates and checkpoints
+                halt = _agreed_halt(dist, stop.signal, deadline)
+                if halt or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                     save("last.pt", epoch, b + 1)
-                    if stop.signal:
-                        _mark_preempted(dist, marker, step)
-                        raise Preempted(f"stopped by signal {stop.signal} at step {step}; checkpoint "
-                                        f"{ckpt_dir / 'last.pt'} written; rerun the same command to resume")
+                if halt:
+                    break
+            if halt:
+                _halt(halt, stop.signal, dist, marker, life, result, f"at step {step} (epoch {epoch + 1})",
+                      ckpt_dir / "last.pt")
+                break
             start_batch = 0
             epoch += 1
             scheduler.step()
@@ -220,6 +271,7 @@ def _train(recipe: Recipe, run_dir: Path, dist: distributed.Dist, device: str, f
             improved = valid.nats_per_step < result.best_valid
             if improved:
                 result.best_valid = valid.nats_per_step
+            result.since_best = 0 if improved else result.since_best + 1
             record = {"step": step, "epoch": epoch, "valid_nats_per_step": valid.nats_per_step,
                       "valid_nats_per_sequence": valid.nats_per_sequence, "best": improved,
                       "lr": optimizer.param_groups[0]["lr"], "time": time.time()}
@@ -228,15 +280,46 @@ def _train(recipe: Recipe, run_dir: Path, dist: distributed.Dist, device: str, f
             save("last.pt", epoch, 0)
             if improved:
                 save("best.pt", epoch, 0)
+            life.at(step, epoch)
             events("epoch", record)
-            if _agreed_stop(dist, stop.signal) and epoch < cfg.epochs:
-                _mark_preempted(dist, marker, step)
-                raise Preempted(f"stopped by signal {stop.signal} after epoch {epoch}; checkpoint "
-                                f"{ckpt_dir / 'last.pt'} written; rerun the same command to resume")
-    store.close()
+            if cfg.patience and result.since_best >= cfg.patience and epoch < cfg.epochs:
+                result.stop = "patience"
+                life.stop("patience", f"no lower valid free energy for {result.since_best} epochs "
+                                      f"(train.patience {cfg.patience}); best {result.best_valid:.4f} nats/step")
+                break
+            halt = _agreed_halt(dist, stop.signal, deadline) if epoch < cfg.epochs else None
+            if halt:
+                _halt(halt, stop.signal, dist, marker, life, result, f"after epoch {epoch} (step {step})",
+                      ckpt_dir / "last.pt")
+                break
+    if result.stop == "finished":
+        life.stop("finished")
     result.step, result.epoch = step, epoch
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _agreed_halt(dist: distributed.Dist, signum: int, deadline: float | None) -> str | None:
+    """Why to stop now, the same on every process: "interrupt", "signal", "budget" or None."""
+    flags = [float(signum == signal.SIGINT), float(bool(signum) and signum != signal.SIGINT),
+             float(deadline is not None and time.monotonic() >= deadline)]
+    if dist.active:
+        flags = distributed.all_reduce_sum(dist, torch.tensor(flags)).tolist()
+    return "interrupt" if flags[0] else "signal" if flags[1] else "budget" if flags[2] else None
+
+
+def _halt(halt: str, signum: int, dist: distributed.Dist, marker: Path, life: Lifecycle, result: TrainResult,
+          where: str, last: Path) -> None:
+    """Stop after ``last`` was written: raise for a signal or Ctrl-C, record a used-up time budget."""
+    resume = f"checkpoint {last} written; rerun the same command to resume"
+    if halt == "interrupt":
+        raise Interrupted(f"Ctrl-C {where}: {resume}")
+    if halt == "signal":
+        _mark_preempted(dist, marker, life.position["step"])
+        name = signal.Signals(signum).name if signum else "a signal on another process"
+        raise Preempted(f"{name} {where}: {resume}")
+    result.stop = "budget"
+    life.stop("budget", f"time budget used {where}")
 
 
 class Trainee(NamedTuple):
@@ -289,10 +372,3 @@ def _grad_norm(params: list, clip_grad: float) -> float:
 def _mark_preempted(dist: distributed.Dist, marker: Path, step: int) -> None:
     if dist.main:
         runs.write_text_atomic(marker, f"{step}\n")
-
-
-def _agreed_stop(dist: distributed.Dist, signum: int) -> bool:
-    """True on every process when any process was signalled."""
-    if not dist.active:
-        return bool(signum)
-    return bool(distributed.all_reduce_sum(dist, torch.tensor([float(bool(signum))])).item() > 0)

@@ -1,0 +1,257 @@
+"""``seqvi sweep``: a grid of recipe overrides x seeds, trained one run after another, then evaluated.
+
+    seqvi sweep recipes/quickstart.yaml --seeds 0 1 2 model.z_size=16,32 train.lr=1e-3,3e-3
+
+Each point of the grid is a run directory
+``<runs>/<recipe>/<key=value,...>-seed<k>/`` (``seed<k>`` alone without grid
+keys), trained with the recipe, the point's ``key=value`` overrides and
+``seed=k``. Every point is validated before any is trained, so a typo fails
+at once and names its override.
+
+A rerun of the same sweep picks up where it stopped (``seqvi.engine.status``
+says what each run is): a finished run is not trained again; an unfinished
+one (stopped, preempted, failed, empty) resumes from its checkpoint; a run
+that another process is training is left to it. Then every finished run is
+evaluated through the ``evaluate`` callback (the CLI runs ``seqvi eval`` in
+this process with the ``--eval`` options) unless ``eval/<split>.json`` is
+newer than its ``best.pt`` and was made with the same options; the options
+of each evaluation are kept in ``<runs>/<recipe>/sweep.json``.
+
+Ctrl-C or a preemption signal stops the whole sweep (after the running
+training checkpoints); rerun it to go on. A run that fails (a non-finite
+loss, an error) is recorded and the sweep goes on with the next.
+
+With ``sbatch``, each run that is not finished, running, queued or preempted
+(SLURM requeues those itself) is submitted as
+``sbatch --job-name=seqvi-<recipe>-<point> SCRIPT RECIPE RUN_DIR key=value... seed=k``
+(``scripts/slurm/train.sbatch`` takes exactly that), and the job id is kept
+in ``RUN_DIR/submitted`` until the job's training starts; finished runs are
+still evaluated here. Rerun the sweep once the jobs are done to evaluate them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from seqvi.engine.status import SUBMITTED, Interrupted, Preempted, run_status
+from seqvi.errors import RecipeError, SeqviError
+
+Events = Callable[[str, dict], None]
+SWEEP_FILE = "sweep.json"
+
+
+@dataclass
+class Point:
+    name: str
+    run_dir: Path
+    overrides: list
+
+
+@dataclass
+class Outcome:
+    point: Point
+    action: str = ""          # trained, resumed, skipped, submitted, failed
+    status: str = ""          # the run's status afterwards (seqvi runs)
+    evaluated: str = ""       # evaluated, up to date, failed, or "" (not finished)
+    message: str = ""
+
+
+@dataclass
+class SweepResult:
+    folder: Path
+    outcomes: list = field(default_factory=list)
+
+    @property
+    def failed(self) -> list:
+        return [o for o in self.outcomes if o.action == "failed" or o.evaluated == "failed"]
+
+
+def split_values(text: str) -> list[str]:
+    """``"1e-3,3e-3"`` -> ``["1e-3", "3e-3"]``; commas inside brackets belong to one value (``[8,8],[16]``)."""
+    values, depth, current = [], 0, ""
+    for char in text:
+        depth += char in "[{("
+        depth -= char in "]})"
+        if char == "," and depth == 0:
+            values.append(current)
+            current = ""
+        else:
+            current += char
+    values.append(current)
+    if any(not v.strip() for v in values):
+        raise RecipeError(f"sweep value list {text!r}: an empty value (two commas, or a comma at an end)")
+    return [v.strip() for v in values]
+
+
+def split_seeds(seeds: str | None, args: list[str]) -> tuple[list[int], list[str]]:
+    """Seeds and grid items from ``--seeds 0 1 2 key=v1,v2``: the option takes the first seed (or
+    ``"0 1 2"``, ``0,1,2``) and the other whole numbers arrive among the positional arguments."""
+    if seeds is None:
+        stray = [a for a in args if "=" not in a]
+        if stray:
+            raise RecipeError(f"sweep argument {stray[0]!r}: expected key.path=v1,v2,... "
+                              f"(for seeds: --seeds {' '.join(stray)})")
+        return [0], list(args)
+    words = seeds.replace(",", " ").split() + [a for a in args if "=" not in a]
+    bad = [w for w in words if not re.fullmatch(r"-?\d+", w)]
+    if bad:
+        raise RecipeError(f"--seeds: {bad[0]!r} is not a whole number")
+    return [int(w) for w in words], [a for a in args if "=" in a]
+
+
+def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
+    grid = []
+    for item in items:
+        if "=" not in item:
+            raise RecipeError(f"sweep argument {item!r}: expected key.path=v1,v2,... (seeds go after --seeds)")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if not key or key == "seed":
+            raise RecipeError(f"sweep argument {item!r}: " + ("use --seeds for seeds" if key == "seed" else "empty key"))
+        if key in (k for k, _ in grid):
+            raise RecipeError(f"sweep argument {item!r}: '{key}' is given twice")
+        grid.append((key, split_values(text)))
+    return grid
+
+
+def points(recipe: Path, grid: list[tuple[str, list[str]]], seeds: list[int], runs: Path) -> list[Point]:
+    folder = runs / recipe.stem
+    out = []
+    for values in itertools.product(*[v for _, v in grid]) if grid else [()]:
+        assignment = [f"{key}={value}" for (key, _), value in zip(grid, values)]
+        label = ",".join(f"{key}={_slug(value)}" for (key, _), value in zip(grid, values))
+        for seed in seeds:
+            name = f"{label}-seed{seed}" if label else f"seed{seed}"
+            out.append(Point(name, folder / name, assignment + [f"seed={seed}"]))
+    return out
+
+
+def _slug(value: str) -> str:
+    return re.sub(r"[/\\\s]+", "_", value).strip("_") or "_"
+
+
+def sweep(recipe: Path, *, seeds: list[int], grid_items: list[str], runs: Path = Path("runs"),
+          device: str = "auto", evaluate: Callable[[Path], None] | None = None, eval_split: str = "test",
+          eval_args: str = "", sbatch: Path | None = None, events: Events | None = None,
+          train_events: Events | None = None) -> SweepResult:
+    """Train (or submit) and evaluate every point of the grid; see the module docstring."""
+    from seqvi.config import load_recipe
+    from seqvi.engine.setup import validate_sections
+
+    events = events or (lambda kind, info: None)
+    recipe = Path(recipe)
+    if not seeds:
+        raise SeqviError("--seeds: give at least one seed")
+    grid = parse_grid(grid_items)
+    todo = points(recipe, grid, list(dict.fromkeys(seeds)), Path(runs))
+    specs = [load_recipe(recipe, p.overrides, check=validate_sections) for p in todo]   # every point, first
+    sbatch_exe = _sbatch_program() if sbatch is not None else None
+    if sbatch is not None and not Path(sbatch).is_file():
+        raise SeqviError(f"--sbatch {sbatch}: no such batch script (e.g. scripts/slurm/train.sbatch)")
+    result = SweepResult(Path(runs) / recipe.stem)
+    record = _read_record(result.folder)
+    record.update(recipe=str(recipe), grid={k: v for k, v in grid}, seeds=list(seeds))
+    record.setdefault("runs", {})
+    for i, (point, spec) in enumerate(zip(todo, specs)):
+        outcome = Outcome(point)
+        result.outcomes.append(outcome)
+        before = run_status(point.run_dir).status if point.run_dir.exists() else "new"
+        events("point", {"index": i + 1, "total": len(todo), "name": point.name, "run_dir": str(point.run_dir),
+                         "status": before})
+        if before in ("finished", "running"):
+            outcome.action = "skipped"
+        elif sbatch is not None:
+            if before in ("submitted", "preempted"):
+                outcome.action = "skipped"
+            else:
+                outcome.action, outcome.message = "submitted", _submit(sbatch_exe, sbatch, recipe, point)
+        else:
+            outcome.action = "resumed" if (point.run_dir / "checkpoints" / "last.pt").exists() else "trained"
+            try:
+                _train_point(spec, point, device, recipe, train_events)
+            except (Interrupted, Preempted, KeyboardInterrupt):
+                raise
+            except SeqviError as err:
+                outcome.action, outcome.message = "failed", str(err)
+        outcome.status = run_status(point.run_dir).status if point.run_dir.exists() else "new"
+        if outcome.status == "finished" and evaluate is not None:
+            outcome.evaluated = _evaluate(point, evaluate, eval_split, eval_args, record, outcome)
+        record["runs"][point.name] = {**record["runs"].get(point.name, {}), "overrides": point.overrides,
+                                      "action": outcome.action, "status": outcome.status}
+        _write_record(result.folder, record)
+        events("done", {"name": point.name, "action": outcome.action, "status": outcome.status,
+                        "evaluated": outcome.evaluated, "message": outcome.message})
+    return result
+
+
+def _train_point(spec, point: Point, device: str, recipe: Path, train_events: Events | None) -> None:
+    from seqvi.engine.train import train
+
+    train(spec, point.run_dir, device=device, events=train_events, source=str(recipe))
+
+
+def _evaluate(point: Point, evaluate: Callable[[Path], None], split: str, args: str, record: dict,
+              outcome: Outcome) -> str:
+    out = point.run_dir / "eval" / f"{split}.json"
+    best = point.run_dir / "checkpoints" / "best.pt"
+    done = record["runs"].get(point.name, {}).get("eval_args")
+    if out.exists() and best.exists() and out.stat().st_mtime >= best.stat().st_mtime and done == args:
+        return "up to date"
+    try:
+        evaluate(point.run_dir)
+    except (Interrupted, Preempted, KeyboardInterrupt):
+        raise
+    except SeqviError as err:
+        outcome.message = f"eval: {err}"
+        return "failed"
+    record["runs"].setdefault(point.name, {})["eval_args"] = args
+    return "evaluated"
+
+
+def _sbatch_program() -> str:
+    program = shutil.which("sbatch")
+    if program is None:
+        raise SeqviError("--sbatch: no `sbatch` program on PATH (run the sweep on a SLURM login node)")
+    return program
+
+
+def _submit(program: str, script: Path, recipe: Path, point: Point) -> str:
+    job_name = f"seqvi-{recipe.stem}-{point.name}"[:120]
+    args = [program, f"--job-name={job_name}", str(script), str(recipe), str(point.run_dir), *point.overrides]
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise SeqviError(f"sbatch for {point.run_dir}: {err}") from None
+    if done.returncode != 0:
+        why = " ".join((done.stderr or done.stdout).split())[:300]
+        raise SeqviError(f"sbatch for {point.run_dir} failed (exit {done.returncode}): {why}")
+    match = re.search(r"(\d+)", done.stdout)
+    job = match.group(1) if match else done.stdout.strip()[:40]
+    point.run_dir.mkdir(parents=True, exist_ok=True)
+    from seqvi.engine.runs import write_text_atomic
+
+    write_text_atomic(point.run_dir / SUBMITTED, json.dumps({"job": job, "time": time.time(),
+                                                             "argv": args[1:]}) + "\n")
+    return f"job {job}"
+
+
+def _read_record(folder: Path) -> dict:
+    try:
+        record = json.loads((folder / SWEEP_FILE).read_text(encoding="utf-8"))
+        return record if isinstance(record, dict) and isinstance(record.get("runs", {}), dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_record(folder: Path, record: dict) -> None:
+    from seqvi.engine.runs import write_text_atomic
+
+    write_text_atomic(folder / SWEEP_FILE, json.dumps(record, indent=1) + "\n")
