@@ -143,6 +143,20 @@ def preprocess_table(report: Any) -> Table:
     return table
 
 
+def generated_lines(result: Any) -> list[str]:
+    """What ``seqvi download`` says after generating episodes in a simulator."""
+    counts = ", ".join(f"{split} {n}" for split, n in result.episodes.items())
+    steps = sum(result.steps.values())
+    if result.already_done:
+        return [f"already generated: {counts} episodes of {result.env} ({steps:,} stored steps; "
+                f"delete {result.raw / 'EPISODES.json'} to redo)"]
+    lines = [f"generated {counts} episodes of {result.env} ({steps:,} stored steps"
+             f"{', with 64x64 frames' if result.pixels else ''}) in {result.seconds:.1f} s"]
+    if result.render_ms_per_frame is not None:
+        lines.append(f"rendering: {result.render_ms_per_frame:.1f} ms per frame")
+    return lines
+
+
 def skipped_lines(skipped: list, limit: int = 10) -> list[str]:
     lines = [f"  skipped {name}: {reason}" for name, reason in skipped[:limit]]
     if len(skipped) > limit:

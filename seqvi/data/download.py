@@ -77,7 +77,7 @@ def _hash_file(path: Path):
     return hasher
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -196,7 +196,7 @@ def download_file(
             reasons.append(f"{url}: {e}")
             continue
         os.replace(part, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         return digest
     raise DownloadError(f"{dest.name}: download failed ({'; '.join(reasons)}); check the network and rerun, {SOURCE_HINT}")
 
