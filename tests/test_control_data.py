@@ -149,6 +149,25 @@ def test_pixels_are_recorded_only_when_asked_and_show_the_stored_angle(tmp_path,
         preprocess("pend3", str(tmp_path), pixels=True)
 
 
+def test_rollout_gives_the_policy_each_stored_observation_before_it_acts():
+    from seqvi.data.environment import Simulator, rollout
+
+    for observation in ("state", "pixels"):
+        seen = []
+
+        def policy(x):
+            seen.append(x.copy())
+            return np.array([1.5 * (-1) ** len(seen)], np.float32)
+
+        with Simulator("Pendulum-v1", action_repeat=2, render=True) as sim:
+            episode = rollout(sim, policy, env_steps=10, seed=4, observation=observation, record_frames=True)
+        assert len(episode) == 6 and len(seen) == 5
+        expected = to_chw64(episode.frames[:5]) if observation == "pixels" else episode.obs[:5]
+        np.testing.assert_array_equal(np.stack(seen), expected)          # x_t, then a_t lands in row t + 1
+        np.testing.assert_array_equal(episode.action[1:, 0], [-1.5, 1.5, -1.5, 1.5, -1.5])
+        assert seen[0].dtype == (np.uint8 if observation == "pixels" else np.float32)
+
+
 # --------------------------------------------------------------------------- episodes from elsewhere
 
 
