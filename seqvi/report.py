@@ -290,6 +290,14 @@ def plot_frames(x: np.ndarray, path: Path, primed: int = 0, max_columns: int = 1
 SAMPLE_PLOTS["kth"] = plot_frames
 
 
+def plot_observations(x: np.ndarray, path: Path, primed: int = 0) -> Path:
+    """Interaction data: frames (N, T, C, H, W) as a strip, state vectors (N, T, D) as lines."""
+    return (plot_frames if np.ndim(x) == 5 else plot_series)(x, path, primed)
+
+
+SAMPLE_PLOTS["control"] = plot_observations
+
+
 def predict_table(result: Any) -> Table:
     """Per predicted frame: best-of-N PSNR and SSIM for each horizon, and the mean sample's."""
     table = Table(title=f"video prediction — {result.split}: context {result.context} frames, best of "

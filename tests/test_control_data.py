@@ -393,3 +393,15 @@ def test_a_killed_append_leaves_the_store_as_it_was(tmp_path):
     assert not path.with_name(path.name + ".append.tmp").exists()     # the stale copy was cleared
     with Store(path) as store:
         assert store.split("test").names[-1] == "after/x"
+
+
+def test_samples_of_interaction_data_are_written_and_drawn_by_their_kind(tmp_path):
+    from seqvi.data.samples import SAMPLE_WRITERS
+    from seqvi.report import SAMPLE_PLOTS
+
+    states, frames = np.random.default_rng(0).normal(size=(2, 5, 3)), np.random.default_rng(0).random((1, 4, 3, 64, 64))
+    assert [p.name for p in SAMPLE_WRITERS["control"](states, tmp_path / "s", None)] == ["samples.npz"]
+    assert np.load(tmp_path / "s" / "samples.npz")["x"].shape == (2, 5, 3)
+    assert sorted(p.suffix for p in SAMPLE_WRITERS["control"](frames, tmp_path / "f", None)) == [".gif", ".mp4"]
+    for x, name in ((states, "s.png"), (frames, "f.png")):
+        assert SAMPLE_PLOTS["control"](x, tmp_path / name).stat().st_size > 1000
