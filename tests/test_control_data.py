@@ -405,3 +405,24 @@ def test_samples_of_interaction_data_are_written_and_drawn_by_their_kind(tmp_pat
     assert sorted(p.suffix for p in SAMPLE_WRITERS["control"](frames, tmp_path / "f", None)) == [".gif", ".mp4"]
     for x, name in ((states, "s.png"), (frames, "f.png")):
         assert SAMPLE_PLOTS["control"](x, tmp_path / name).stat().st_size > 1000
+
+
+@pytest.mark.parametrize("info, needle", [
+    ({"action_low": [-1], "action_high": "2"}, "'action_high' must be a list of numbers"),
+    ({"action_low": [1.0], "action_high": [0.0]}, "low < high"),
+    ({"action_low": [-1.0]}, "must be given together"),
+    ({"action_repeat": 0}, "'action_repeat' must be a positive integer"),
+    ({"obs_dim": "3"}, "'obs_dim' must be a positive integer"),
+])
+def test_a_bad_episodes_json_is_one_data_error(tmp_path, manifests, info, needle):
+    source = tmp_path / "mine"
+    for split in ("train", "valid", "test"):
+        (source / split).mkdir(parents=True)
+        np.savez(source / split / "a.npz", **good_episode(np.random.default_rng(0)))
+    (source / "EPISODES.json").write_text(json.dumps(info))
+    with pytest.raises(DataError, match="EPISODES.json: " + ".*" + needle.replace("(", r"\(")):
+        preprocess("pendulum", str(tmp_path / "data"), source)
+    (source / "EPISODES.json").write_text(json.dumps({"action_low": [-1, -1], "action_high": [1, 1], "env": "mine"}))
+    with Store(preprocess("pendulum", str(tmp_path / "data"), source).path) as store:
+        assert store.attrs["input_low"] == [-1.0, -1.0] and store.attrs["input_bounds"] == "environment"
+        assert store.attrs["env"] == "mine"

@@ -205,6 +205,22 @@ def read_info(source: Path) -> dict:
         raise DataError(f"{path}: not readable JSON ({_first_line(err)}); fix or delete it") from None
     if not isinstance(info, dict):
         raise DataError(f"{path}: expected a JSON object of fields, got {type(info).__name__}")
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+    count = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1
+    checks = {"env": (lambda v: isinstance(v, str), "a string"),
+              "action_repeat": (count, "a positive integer"), "obs_dim": (count, "a positive integer"),
+              "action_dim": (count, "a positive integer"), "fps": (lambda v: v is None or number(v), "a number"),
+              "action_low": (lambda v: isinstance(v, list) and v and all(map(number, v)), "a list of numbers"),
+              "action_high": (lambda v: isinstance(v, list) and v and all(map(number, v)), "a list of numbers")}
+    for key, (ok, what) in checks.items():
+        if key in info and not ok(info[key]):
+            raise DataError(f"{path}: '{key}' must be {what}, got {info[key]!r}; fix or delete it")
+    if ("action_low" in info) != ("action_high" in info) or ("action_low" in info and (
+            len(info["action_low"]) != len(info["action_high"])
+            or not all(a < b for a, b in zip(info["action_low"], info["action_high"]))
+            or len(info["action_low"]) != info.get("action_dim", len(info["action_low"])))):
+        raise DataError(f"{path}: 'action_low' and 'action_high' must be given together, one number per action "
+                        f"dimension, low < high")
     return info
 
 
