@@ -426,3 +426,31 @@ def test_a_bad_episodes_json_is_one_data_error(tmp_path, manifests, info, needle
     with Store(preprocess("pendulum", str(tmp_path / "data"), source).path) as store:
         assert store.attrs["input_low"] == [-1.0, -1.0] and store.attrs["input_bounds"] == "environment"
         assert store.attrs["env"] == "mine"
+
+
+class Unbounded(gym.Env):
+    """A real (if pointless) gymnasium environment whose actions are unbounded."""
+    action_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+    observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+
+    def __init__(self, render_mode=None):
+        self.render_mode = render_mode
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(3, np.float32), 0.0, False, False, {}
+
+
+def test_an_unbounded_action_box_is_one_error():
+    from seqvi.data.environment import Simulator
+    from seqvi.errors import SeqviError
+
+    gym.register(id="SeqviUnbounded-v0", entry_point=Unbounded, max_episode_steps=10)
+    try:
+        with pytest.raises(SeqviError, match="environment 'SeqviUnbounded-v0': its action box .* is unbounded"):
+            Simulator("SeqviUnbounded-v0")
+    finally:
+        gym.registry.pop("SeqviUnbounded-v0")

@@ -24,8 +24,8 @@ cores), against 35 us for an environment step without rendering: a frame
 costs about 120 environment steps. Only stored steps are rendered (every R
 environment steps). ``render_seconds`` / ``rendered`` keep the measured cost.
 
-Only continuous (Box) action spaces and 1-D Box observation spaces are
-supported: the planner searches a box of actions and the state vector is
+Only bounded continuous (Box) action spaces and 1-D Box observation spaces
+are supported: the planner searches a box of actions and the state vector is
 always recorded. gymnasium missing, an unknown environment id or another
 space is one SeqviError line.
 """
@@ -85,6 +85,10 @@ class Simulator:
         self.env_id, self.action_repeat, self.render = env_id, int(action_repeat), render
         self.low = np.asarray(space.low, dtype=np.float32)
         self.high = np.asarray(space.high, dtype=np.float32)
+        if not (np.all(np.isfinite(self.low)) and np.all(np.isfinite(self.high))):
+            self.env.close()
+            raise SeqviError(f"environment '{env_id}': its action box [{self.low}, {self.high}] is unbounded; "
+                             f"random actions and the planner need finite bounds")
         self.action_dim, self.obs_dim = int(space.shape[0]), int(obs_space.shape[0])
         spec = self.env.spec
         self.max_episode_steps = spec.max_episode_steps if spec is not None else None
