@@ -325,7 +325,8 @@ def test_collect_refuses_bad_episodes_and_a_reused_source_and_writes_nothing(tmp
         collect("pend3", root, "valid", "round-1", [episode], keep_raw=False)
     wide = Episode(**{**good_episode(rng), "action": np.zeros((9, 2), np.float32)})
     with pytest.raises(DataError, match=r"inputs of shape \(9, 2\), expected \(9, 1\)"):
-        collect("pend3", root, "valid", "round-2", [episode, wide], keep_raw=False)
+        collect("pend3", root, "valid", "round-2", [episode, wide])
+    assert not (Path(root) / "raw/pend3/valid/round-2").exists()      # no raw copy of a refused collection
     nan = Episode(**{**good_episode(rng), "action": np.zeros((9, 1), np.float32)})
     nan.obs[4, 0] = np.nan
     with pytest.raises(DataError, match="round-3/ep_0000: non-finite values"):

@@ -65,22 +65,14 @@ class AppendResult:
 
 def append_sequences(path: str | Path, split: str, source: str, sequences: list[Sequence]) -> AppendResult:
     """Append ``sequences`` to ``split`` of the store at ``path`` under ``source`` (see the module docstring)."""
-    path = Path(path)
-    if not source or any(c in source for c in "\n\r\0") or source != source.strip():
-        raise DataError(f"{path}: source name {source!r} must be a non-empty single line without outer spaces")
-    if not sequences:
-        raise DataError(f"{path}: nothing to append under source '{source}'")
-    if not path.exists():
-        raise DataError(f"{path}: no processed store; run `seqvi preprocess NAME` first")
     import fcntl   # POSIX only: imported here so that the data commands load everywhere
 
+    path = Path(path)
     tmp = path.with_name(path.name + ".append.tmp")
+    check_sequences(path, split, source, sequences)     # before the lock: a clear error without waiting
     with open(path.with_name(path.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        with Store(path) as store:
-            data = store.split(split)
-            checked = [_check(store, data, source, item) for item in sequences]
-            _check_new_source(store, data, source)
+        checked = check_sequences(path, split, source, sequences)   # again under the lock: the store may have grown
         tmp.unlink(missing_ok=True)          # left by an append that was killed
         try:
             shutil.copyfile(path, tmp)
@@ -93,6 +85,22 @@ def append_sequences(path: str | Path, split: str, source: str, sequences: list[
             raise
         fsync_dir(path.parent)
     return AppendResult(path, split, source, len(checked), sum(len(c[1]) for c in checked), first)
+
+
+def check_sequences(path: str | Path, split: str, source: str, sequences: list[Sequence]) -> list[Sequence]:
+    """Every check of ``append_sequences`` without writing: the sequences cast to the store's dtypes."""
+    path = Path(path)
+    if not source or any(c in source for c in "\n\r\0") or source != source.strip():
+        raise DataError(f"{path}: source name {source!r} must be a non-empty single line without outer spaces")
+    if not sequences:
+        raise DataError(f"{path}: nothing to append under source '{source}'")
+    if not path.exists():
+        raise DataError(f"{path}: no processed store; run `seqvi preprocess NAME` first")
+    with Store(path) as store:
+        data = store.split(split)
+        checked = [_check(store, data, source, item) for item in sequences]
+        _check_new_source(store, data, source)
+    return checked
 
 
 def _check_new_source(store: Store, data: SplitData, source: str) -> None:

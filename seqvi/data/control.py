@@ -54,7 +54,7 @@ from typing import Callable
 
 import numpy as np
 
-from seqvi.data.append import AppendResult, append_sequences
+from seqvi.data.append import AppendResult, append_sequences, check_sequences
 from seqvi.data.download import sha256_of
 from seqvi.data.environment import Simulator, import_gymnasium, rollout, uniform_policy
 from seqvi.data.episodes import (INFO_FILE, OBSERVATIONS, Episode, check_episode, find_episodes, read_episode,
@@ -221,9 +221,9 @@ def collect(name: str, root: str | None, split: str, source: str, episodes: list
     The store's observation kind says which arrays become frames (state
     vectors, or the frames for a pixel store). Each episode is checked as a
     file would be (``check_episode``); a bad one is a DataError and nothing
-    is written. With ``keep_raw``, the episodes are also written to
-    ``raw/NAME/<split>/<source>/ep_XXXX.npz`` first, so that a later
-    ``preprocess`` includes them (rewriting an existing copy is harmless).
+    is written. With ``keep_raw``, the checked episodes are also written to
+    ``raw/NAME/<split>/<source>/ep_XXXX.npz`` before the append, so that a
+    later ``preprocess`` includes them (rewriting an existing copy is harmless).
     """
     path = store_path(name, root)
     with Store(path) as store:
@@ -241,6 +241,7 @@ def collect(name: str, root: str | None, split: str, source: str, episodes: list
             arrays["frames"] = np.asarray(episode.frames)
         checked = check_episode(arrays, label)
         sequences.append((f"ep_{i:04d}", OBSERVATIONS[kind][0](checked), checked.action, checked.reward))
+    check_sequences(path, split, source, sequences)     # nothing is written for a refused collection
     if keep_raw:
         for i, episode in enumerate(episodes):
             write_episode(raw_dir(name, root) / split / source / f"ep_{i:04d}.npz", episode)
