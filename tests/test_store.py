@@ -4,7 +4,7 @@ import h5py
 import numpy as np
 import pytest
 
-from seqvi.data.batches import crop_batch, crop_controls, epoch_order, whole_batches
+from seqvi.data.batches import crop_batch, epoch_order, whole_batches
 from seqvi.data.store import Store, StoreWriter
 from seqvi.errors import DataError
 
@@ -131,8 +131,8 @@ def test_store_without_inputs_reads_as_before(tmp_path, seqs):
         assert not train.has_inputs and not train.has_rewards
         with pytest.raises(DataError, match="split 'train' has no inputs"):
             train.read_inputs(0)
-        with pytest.raises(DataError, match="has no inputs"):
-            crop_controls(train, np.array([0]), 3, 0, 0, 0)
+        with pytest.raises(DataError, match="split 'train' has no rewards"):
+            train.read_rewards(0)
 
 
 def test_store_of_the_old_layout_still_opens(tmp_path, seqs):
@@ -180,21 +180,3 @@ def test_mismatched_inputs_or_rewards_are_a_data_error_naming_the_split(tmp_path
         store.split("train")   # the other splits are fine
         with pytest.raises(DataError, match=needle):
             store.split("valid")
-
-
-def test_crop_controls_reads_the_windows_of_crop_batch(tmp_path, seqs):
-    path = build_controlled(tmp_path / "c.h5", seqs)
-    with Store(path) as store:
-        train = store.split("train")
-        indices = np.array([1, 2, 3])
-        x, mask = crop_batch(train, indices, 4, seed=3, epoch=1, batch=2)
-        u, r = crop_controls(train, indices, 4, seed=3, epoch=1, batch=2)
-        assert u.shape == (3, 4, 2) and r.shape == (3, 4)
-        for b, i in enumerate(indices):
-            steps = int(mask[b].sum())
-            start = int(u[b, 0, 0]) - 100 * int(i)      # inputs encode the step index
-            np.testing.assert_array_equal(x[b, :steps].numpy(), seqs["train"][i][start:start + steps])
-            np.testing.assert_array_equal(r[b, :steps].numpy(), -np.arange(start, start + steps) - 100 * int(i))
-            assert (u[b, steps:] == 0).all() and (r[b, steps:] == 0).all()
-        u2, _ = crop_controls(train, indices, 4, seed=3, epoch=1, batch=2, rows=slice(1, 3))
-        assert np.array_equal(u2.numpy(), u[1:].numpy())

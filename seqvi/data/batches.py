@@ -13,9 +13,7 @@ epoch; the order of the batches is shuffled. Still a pure function of
 ``(seed, epoch)``.
 
 Shapes: ``x`` is ``(B, T, *frame_shape)`` float32, ``mask`` ``(B, T)`` float32
-with 1 on real steps; padding is always at the end of a sequence. For stores
-with actions, ``crop_controls`` returns the inputs ``u`` (B, T, A) and rewards
-``r`` (B, T) of the same windows as ``crop_batch`` (zeros on padding).
+with 1 on real steps; padding is always at the end of a sequence.
 """
 
 from __future__ import annotations
@@ -56,35 +54,6 @@ def crop_batch(split: SplitData, indices: np.ndarray, crop_length: int, seed: in
     ``rows`` selects this process's share of the batch; the crops and the
     padded length are those of the whole batch, so shares fit together.
     """
-    windows = crop_windows(split, indices, crop_length, seed, epoch, batch)
-    padded = max(stop - start for _, start, stop in windows)
-    pieces = [split.read(i, start, stop) for i, start, stop in windows[rows]]
-    if not pieces:  # a share can be empty when the batch is smaller than the number of processes
-        return torch.zeros(0, padded, *split.frames.shape[1:]), torch.zeros(0, padded)
-    return pad(pieces, split.value_scale, padded)
-
-
-def crop_controls(split: SplitData, indices: np.ndarray, crop_length: int, seed: int, epoch: int,
-                  batch: int, rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Inputs ``u`` (B, T, A) and rewards ``r`` (B, T) (None without rewards) of ``crop_batch``'s
-    windows, zero on padding; a store without inputs is a DataError."""
-    if not split.has_inputs:
-        split.read_inputs(0)   # raises the DataError that says so
-    windows = crop_windows(split, indices, crop_length, seed, epoch, batch)
-    padded = max(stop - start for _, start, stop in windows)
-    mine = windows[rows]
-    u = torch.zeros(len(mine), padded, split.inputs.shape[1])
-    r = torch.zeros(len(mine), padded) if split.has_rewards else None
-    for b, (i, start, stop) in enumerate(mine):
-        u[b, :stop - start] = torch.from_numpy(split.read_inputs(i, start, stop))
-        if r is not None:
-            r[b, :stop - start] = torch.from_numpy(split.read_rewards(i, start, stop))
-    return u, r
-
-
-def crop_windows(split: SplitData, indices: np.ndarray, crop_length: int, seed: int,
-                 epoch: int, batch: int) -> list[tuple[int, int, int]]:
-    """``(sequence, start, stop)`` per index: one random window of ``crop_length`` steps (0 = whole)."""
     rng = np.random.default_rng([seed, epoch, batch + 1])
     windows = []
     for i in indices:
@@ -94,7 +63,11 @@ def crop_windows(split: SplitData, indices: np.ndarray, crop_length: int, seed: 
             windows.append((int(i), start, start + crop_length))
         else:
             windows.append((int(i), 0, length))
-    return windows
+    padded = max(stop - start for _, start, stop in windows)
+    pieces = [split.read(i, start, stop) for i, start, stop in windows[rows]]
+    if not pieces:  # a share can be empty when the batch is smaller than the number of processes
+        return torch.zeros(0, padded, *split.frames.shape[1:]), torch.zeros(0, padded)
+    return pad(pieces, split.value_scale, padded)
 
 
 def whole_batches(split: SplitData, batch_size: int) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:

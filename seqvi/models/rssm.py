@@ -52,7 +52,6 @@ from torch.distributions import Bernoulli, Distribution, Normal
 
 from seqvi.models.base import LIKELIHOODS, EmissionHead, SequentialModel, mlp
 from seqvi.models.conv64 import BACKBONES, NORMS
-from seqvi.models.linear import Linear
 
 
 class RSSMState(NamedTuple):
@@ -65,7 +64,7 @@ class ScaledGaussian(nn.Module):
 
     def __init__(self, in_size: int, out_size: int, min_scale: float):
         super().__init__()
-        self.loc, self.scale, self.min_scale = Linear(in_size, out_size), Linear(in_size, out_size), min_scale
+        self.loc, self.scale, self.min_scale = nn.Linear(in_size, out_size), nn.Linear(in_size, out_size), min_scale
 
     def forward(self, features: Tensor) -> Normal:
         scale = nn.functional.softplus(self.scale(features)) + self.min_scale
@@ -73,7 +72,7 @@ class ScaledGaussian(nn.Module):
 
 
 class RSSM(SequentialModel):
-    stack_steps = True            # prior and emission are row-wise (no batch norm unless norm="batch")
+    rowwise = True                # prior and emission are row-wise (no batch norm unless norm="batch")
     advance_needs_x = False
 
     def __init__(self, x_dim: int, likelihood: str = "gaussian", frame_shape: tuple = (), input_dim: int = 0,
@@ -96,7 +95,7 @@ class RSSM(SequentialModel):
                 raise ValueError(f"model.{key} must be one of {', '.join(known)}, got {value!r}")
         self.x_dim, self.z_dim, self.input_dim, self.deter_size = x_dim, z_size, input_dim, deter_size
         self.frame_shape, self.likelihood, self.pixel_scale = frame_shape, likelihood, pixel_scale
-        self.stack_steps = norm != "batch"
+        self.rowwise = norm != "batch"
         H, Z, F = deter_size, z_size, hidden_size
         self.embed = mlp([Z + input_dim, F], nn.ELU)                   # elu(W [z_{t-1}, a_{t-1}])
         self.cell = nn.GRUCell(F, H)                                    # h_t = GRU(h_{t-1}, .)
@@ -106,7 +105,7 @@ class RSSM(SequentialModel):
             enc_cls, dec_cls = BACKBONES[backbone]
             self.encoder = enc_cls(frame_shape[0], embed_size, channels, norm)               # enc(o_t), code (B, E)
             self.decoder = dec_cls(frame_shape[0], embed_size, channels, norm)               # logits of p(o_t | .)
-            self.decode_in = Linear(H + Z, embed_size)
+            self.decode_in = nn.Linear(H + Z, embed_size)
             self.feature_size = embed_size + H
         else:
             self.encoder = mlp([x_dim, F], nn.ELU)                                           # enc(o_t), (B, F)
