@@ -102,16 +102,21 @@ def _dataset_help(what: str) -> str:
 @command
 def download(name: str = typer.Argument(..., help=_dataset_help("Data set"), autocompletion=_complete_dataset),
              root: Optional[str] = RootOpt,
-             limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Export only the first N files (music21 sources; for quick trials).")) -> None:
-    """Fetch a data set's raw files into <root>/raw/NAME (sha256-checked, resumable)."""
+             limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Export only the first N files (music21 sources) or N episodes per split (simulators); for quick trials."),
+             pixels: bool = typer.Option(False, "--pixels", help="Simulators: also render 64x64 RGB frames (about 4 ms each).")) -> None:
+    """Fetch a data set's raw files into <root>/raw/NAME (sha256-checked, resumable), or generate them."""
+    from seqvi.data.control import GeneratedEpisodes
     from seqvi.data.prepare import download as run_download
-    from seqvi.report import FileProgress, console, progress_bar
+    from seqvi.report import FileProgress, console, generated_lines, progress_bar
 
     with progress_bar() as bar:
-        raw, result = run_download(name, root, progress=FileProgress(bar), limit=limit)
+        raw, result = run_download(name, root, progress=FileProgress(bar), limit=limit, pixels=pixels)
     if isinstance(result, dict):
         for file, digest in result.items():
             console.print(f"{file}  sha256 {digest}")
+    elif isinstance(result, GeneratedEpisodes):
+        for line in generated_lines(result):
+            console.print(line)
     else:
         if result.already_done:
             console.print("already exported (delete EXPORT.json to redo)")
@@ -128,13 +133,15 @@ def preprocess(name: str = typer.Argument(..., help=_dataset_help("Data set"), a
                source: Optional[Path] = typer.Option(None, "--source", help="A zip, folder or .pickle you already have."),
                root: Optional[str] = RootOpt,
                strict: bool = typer.Option(False, "--strict", help="Fail on the first unreadable file instead of skipping it."),
-               max_steps: int = typer.Option(100_000, "--max-steps", help="Refuse sequences longer than this many steps.")) -> None:
+               max_steps: int = typer.Option(100_000, "--max-steps", help="Refuse sequences longer than this many steps."),
+               pixels: bool = typer.Option(False, "--pixels", help="Interaction data: observe the 64x64 frames instead of the state vectors.")) -> None:
     """Convert raw files into <root>/processed/NAME.h5."""
     from seqvi.data.prepare import preprocess as run_preprocess
     from seqvi.report import FileProgress, console, preprocess_table, progress_bar
 
     with progress_bar() as bar:
-        report = run_preprocess(name, root, source, strict=strict, max_steps=max_steps, progress=FileProgress(bar))
+        report = run_preprocess(name, root, source, strict=strict, max_steps=max_steps, progress=FileProgress(bar),
+                                pixels=pixels)
     console.print(preprocess_table(report))
     notes = report.notes
     line = f"{report.files} files, {report.files / max(report.seconds, 1e-9):.0f} files/s"

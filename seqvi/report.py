@@ -341,6 +341,20 @@ def preprocess_table(report: Any) -> Table:
     return table
 
 
+def generated_lines(result: Any) -> list[str]:
+    """What ``seqvi download`` says after generating episodes in a simulator."""
+    counts = ", ".join(f"{split} {n}" for split, n in result.episodes.items())
+    steps = sum(result.steps.values())
+    if result.already_done:
+        return [f"already generated: {counts} episodes of {result.env} ({steps:,} stored steps; "
+                f"delete {result.raw / 'EPISODES.json'} to redo)"]
+    lines = [f"generated {counts} episodes of {result.env} ({steps:,} stored steps"
+             f"{', with 64x64 frames' if result.pixels else ''}) in {result.seconds:.1f} s"]
+    if result.render_ms_per_frame is not None:
+        lines.append(f"rendering: {result.render_ms_per_frame:.1f} ms per frame")
+    return lines
+
+
 def skipped_lines(skipped: list, limit: int = 10) -> list[str]:
     lines = [f"  skipped {name}: {reason}" for name, reason in skipped[:limit]]
     if len(skipped) > limit:
@@ -472,6 +486,14 @@ def plot_frames(x: np.ndarray, path: Path, primed: int = 0, max_columns: int = 1
 
 
 SAMPLE_PLOTS["kth"] = plot_frames
+
+
+def plot_observations(x: np.ndarray, path: Path, primed: int = 0) -> Path:
+    """Interaction data: frames (N, T, C, H, W) as a strip, state vectors (N, T, D) as lines."""
+    return (plot_frames if np.ndim(x) == 5 else plot_series)(x, path, primed)
+
+
+SAMPLE_PLOTS["control"] = plot_observations
 
 
 def predict_table(result: Any) -> Table:

@@ -82,7 +82,7 @@ def _hash_file(path: Path):
     return hasher
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -203,7 +203,7 @@ def download_file(
             reasons.append(f"{url}: {e}")
             continue
         os.replace(part, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         return digest
     raise DownloadError(f"{dest.name}: download failed ({'; '.join(reasons)}); check the network and rerun, {source_hint(dataset)}")
 

@@ -2,10 +2,16 @@
 
 A manifest names the adapter that turns raw files into a store, how to obtain
 the raw files (``http``: listed URLs with mirrors; ``music21``: export from an
-installed package), the time resolution and the licence. The manifests are
-package data: they ship inside the installed package (wheel or source
-checkout alike); ``$SEQVI_MANIFESTS`` points at a folder of other manifests
-instead (extra or private data sets).
+installed package; ``synthetic``: sampled from a fixed system; ``gymnasium``:
+episodes generated offline in a simulator), the time resolution and the licence.
+Interaction data sets (adapter ``control``) also name the simulator ``env`` (a
+gymnasium id), the ``seed`` of the generated episodes, their length
+``episode_steps`` in environment steps and the ``action_repeat`` R (one stored
+step is R environment steps with the same action); ``splits`` then maps each
+split to its number of episodes. The manifests are package data: they ship
+inside the installed package (wheel or source checkout alike);
+``$SEQVI_MANIFESTS`` points at a folder of other manifests instead (extra or
+private data sets).
 
 The data root holds ``raw/NAME/`` and ``processed/NAME.h5``. It is ``--root``
 (or a recipe's ``data.root``), else ``$SEQVI_DATA``, else:
@@ -61,6 +67,13 @@ class Manifest:
     layout: str = ""
     splits: dict = field(default_factory=dict)
     files: tuple = ()
+    env: str = ""              # gymnasium environment id (interaction data)
+    seed: int = 0              # seed of generated episodes
+    episode_steps: int = 0     # environment steps per generated episode
+    action_repeat: int = 1     # environment steps per stored step (same action, rewards summed)
+
+
+MINIMA = {"steps_per_beat": 1, "seed": 0, "episode_steps": 0, "action_repeat": 1}
 
 
 def available() -> list[str]:
@@ -79,8 +92,9 @@ def load_manifest(name: str) -> Manifest:
     for key, value in raw.items():
         if key in hints and key != "files":
             coerce(value, hints[key], key, str(path))
-    if raw.get("steps_per_beat", 1) < 1:
-        raise RecipeError(f"{path}: 'steps_per_beat' must be at least 1, got {raw['steps_per_beat']}")
+    for key, least in MINIMA.items():
+        if raw.get(key, least) < least:
+            raise RecipeError(f"{path}: '{key}' must be at least {least}, got {raw[key]}")
     try:
         files = tuple(
             {"name": str(f["name"]), "urls": [str(u) for u in f.get("urls", [])],

@@ -2,14 +2,19 @@
 
 Downloaders and adapters are found through the registries by the manifest's
 ``download`` and ``adapter`` fields; nothing branches on a data set's name.
+An option that only some of them take (``--pixels``: render frames of
+interaction data) is passed to those whose signature has it and refused,
+in one line, for the others.
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Callable
 
 from seqvi.data.chorales import export_bach_chorales
+from seqvi.data.control import download_control, preprocess_control
 from seqvi.data.download import fetch_files
 from seqvi.data.kth import preprocess_kth
 from seqvi.data.manifest import load_manifest, manifest_dir, raw_dir, store_path
@@ -36,8 +41,9 @@ def _download_manual(manifest, raw: Path, progress: Progress | None, limit: int 
 
 
 DOWNLOADERS = {"http": _download_http, "music21": _download_music21, "manual": _download_manual,
-               "synthetic": download_synthetic}
-ADAPTERS = {"midi": preprocess_midi, "timit": preprocess_timit, "kth": preprocess_kth, "synthetic": preprocess_synthetic}
+               "synthetic": download_synthetic, "gymnasium": download_control}
+ADAPTERS = {"midi": preprocess_midi, "timit": preprocess_timit, "kth": preprocess_kth, "synthetic": preprocess_synthetic,
+            "control": preprocess_control}
 
 
 def _checked(name: str, kind: str, value: str, known: dict) -> str:
@@ -46,9 +52,19 @@ def _checked(name: str, kind: str, value: str, known: dict) -> str:
     return value
 
 
+def _options(fn: Callable, name: str, kind: str, **asked) -> dict:
+    """The options set in ``asked`` (truthy) that ``fn`` takes; one that it does not take is an error."""
+    given = {key: value for key, value in asked.items() if value}
+    for key in given:
+        if key not in inspect.signature(fn).parameters:
+            raise SeqviError(f"--{key} does not apply to '{name}' ({kind}); it is for interaction data "
+                             f"generated from a simulator")
+    return given
+
+
 def download(name: str, root: str | None = None, progress: Progress | None = None,
-             limit: int | None = None):
-    """Fetch (or export) a data set's raw files into ``<root>/raw/NAME``; returns (folder, result).
+             limit: int | None = None, pixels: bool = False):
+    """Fetch (or export, or generate) a data set's raw files into ``<root>/raw/NAME``; returns (folder, result).
 
     A failed call removes the folders it created that are still empty (``raw/NAME``,
     and ``raw/`` and the root when it made them); a partial ``.part`` download is kept
@@ -56,11 +72,13 @@ def download(name: str, root: str | None = None, progress: Progress | None = Non
     """
     manifest = load_manifest(name)
     _checked(name, "download", manifest.download, DOWNLOADERS)
+    fn = DOWNLOADERS[manifest.download]
+    options = _options(fn, name, f"download kind '{manifest.download}'", pixels=pixels)
     raw = raw_dir(name, root)
     created = [folder for folder in (raw, raw.parent, raw.parent.parent) if not folder.exists()]
     raw.mkdir(parents=True, exist_ok=True)
     try:
-        return raw, DOWNLOADERS[manifest.download](manifest, raw, progress, limit)
+        return raw, fn(manifest, raw, progress, limit, **options)
     except BaseException:
         _remove_empty(created)
         raise
@@ -93,11 +111,14 @@ def find_source(name: str, root: str | None = None) -> Path:
 
 
 def preprocess(name: str, root: str | None = None, source: str | Path | None = None, *,
-               strict: bool = False, max_steps: int = 100_000, progress: Progress | None = None):
+               strict: bool = False, max_steps: int = 100_000, progress: Progress | None = None,
+               pixels: bool = False):
     manifest = load_manifest(name)
     _checked(name, "adapter", manifest.adapter, ADAPTERS)
+    fn = ADAPTERS[manifest.adapter]
+    options = _options(fn, name, f"adapter '{manifest.adapter}'", pixels=pixels)
     src = Path(source).expanduser() if source else find_source(name, root)
     if not src.exists():
         raise DataError(f"{src}: no such file or folder (--source)")
-    return ADAPTERS[manifest.adapter](manifest, src, store_path(name, root), strict=strict,
-                                      max_steps=max_steps, progress=progress)
+    return fn(manifest, src, store_path(name, root), strict=strict, max_steps=max_steps, progress=progress,
+              **options)

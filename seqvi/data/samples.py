@@ -32,5 +32,12 @@ def write_midi(x: np.ndarray, out_dir: Path, spec: Any, truth: np.ndarray | None
     return paths
 
 
-SAMPLE_MEAN = {"kth": True}
-SAMPLE_WRITERS = {"midi": write_midi, "timit": write_wav, "kth": write_video, "synthetic": write_npz}
+def write_observations(x: np.ndarray, out_dir: Path, spec: Any, truth: np.ndarray | None = None) -> list[Path]:
+    """Interaction data: frames (N, T, C, 64, 64) as videos, state vectors (N, T, D) as ``samples.npz``."""
+    return (write_video if np.ndim(x) == 5 else write_npz)(x, out_dir, spec, truth=truth)
+
+
+# control: the mean, as for video (a unit-variance pixel Gaussian's draws are noise)
+SAMPLE_MEAN = {"kth": True, "control": True}
+SAMPLE_WRITERS = {"midi": write_midi, "timit": write_wav, "kth": write_video, "synthetic": write_npz,
+                  "control": write_observations}

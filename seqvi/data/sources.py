@@ -1,13 +1,16 @@
 """What every adapter shares: the preprocess report, skip-and-count, safe zip reading.
 
 A bad member of a corpus is skipped, listed with its reason and counted in
-the report; with ``strict`` the first one is fatal. Zip members are read in
+the report; with ``strict`` the first one is fatal. A folder without split
+folders is split by ``plain_split``: a stable hash of each file's relative
+path (sha256: 80% train, 10% valid, 10% test). Zip members are read in
 memory, never extracted; a member whose path is absolute or climbs out with
 ``..`` is refused (skipped and counted by the caller).
 """
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -15,6 +18,8 @@ from typing import Callable
 
 from seqvi.data.midi import RollStats
 from seqvi.errors import DataError
+
+PLAIN_SPLIT = (80, 10, 10)   # percent train, valid, test of a folder without split folders
 
 
 @dataclass
@@ -67,3 +72,9 @@ def member_reader(archive: zipfile.ZipFile, info: zipfile.ZipInfo, source: Path)
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
             raise DataError(f"{source}:{info.filename}: corrupt zip member ({err})") from None
     return read
+
+
+def plain_split(name: str) -> str:
+    """Split of a file in a tree without split folders: sha256 of its relative path, 80/10/10."""
+    bucket = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") % 100
+    return "train" if bucket < PLAIN_SPLIT[0] else "valid" if bucket < sum(PLAIN_SPLIT[:2]) else "test"

@@ -5,12 +5,21 @@ Layout of ``<root>/processed/NAME.h5``::
     /<split>/frames   (N_frames, *frame_shape)  all sequences of the split, concatenated
     /<split>/offsets  (N_seq + 1,) int64        sequence i is frames[offsets[i]:offsets[i+1]]
     /<split>/names    (N_seq,) utf-8            source member each sequence came from
+    /<split>/inputs   (N_frames, A) float32     optional: per-step inputs u_t (actions a_{t-1}), row-aligned with frames
+    /<split>/rewards  (N_frames,) float32       optional: per-step rewards r_t, row-aligned with frames
     attrs (file)      dataset, adapter, adapter_version, frame_shape, dtype,
                       likelihood ("bernoulli" | "gaussian"), resolution text,
                       steps_per_beat, sources (JSON: file -> sha256), skipped (JSON),
                       mean / std (per feature, from the training split),
                       value_scale (optional: batches multiply stored values by it,
-                      e.g. 1/255 for uint8 video)
+                      e.g. 1/255 for uint8 video), input_dim (when the store has inputs)
+
+``inputs`` and ``rewards`` are present in every split or in none (a writer
+refuses a mix); a store written before they existed has neither and reads as
+before. On open, a split whose inputs or rewards do not have one row per
+frame, or whose inputs are not ``input_dim`` wide, is a DataError naming the
+split. ``offsets`` and ``names`` are resizable so that ``seqvi.data.append``
+can add sequences to a copy of the store without rewriting the rest.
 
 The writer streams sequence by sequence into resizable chunked datasets, so
 memory does not grow with the corpus, and writes under a temporary name that
@@ -50,11 +59,16 @@ class StoreWriter:
         self._sum: np.ndarray | None = None
         self._sumsq: np.ndarray | None = None
         self._n = 0
+        self.input_dim: int | None = None        # fixed by the first add: inputs' width, or None
+        self.has_rewards: bool | None = None     # fixed by the first add
 
-    def add(self, split: str, name: str, frames: np.ndarray) -> None:
+    def add(self, split: str, name: str, frames: np.ndarray, inputs: np.ndarray | None = None,
+            rewards: np.ndarray | None = None) -> None:
+        """Append one sequence: frames (T, *frame_shape), optional inputs (T, A) and rewards (T,)."""
         frames = np.asarray(frames)
         if frames.shape[1:] != self.frame_shape:
             raise DataError(f"{name}: frame shape {frames.shape[1:]} != store's {self.frame_shape}")
+        inputs, rewards = self._check_controls(name, len(frames), inputs, rewards)
         if split not in self._offsets:
             group = self.file.create_group(split)
             chunk = (max(1, min(4096, (1 << 16) // max(1, int(np.prod(self.frame_shape))))),)
@@ -62,12 +76,21 @@ class StoreWriter:
                 "frames", shape=(0, *self.frame_shape), maxshape=(None, *self.frame_shape),
                 dtype=self.dtype, chunks=chunk + self.frame_shape, compression="lzf",
             )
+            if self.input_dim is not None:
+                group.create_dataset("inputs", shape=(0, self.input_dim), maxshape=(None, self.input_dim),
+                                     dtype=np.float32, chunks=(4096, self.input_dim), compression="lzf")
+            if self.has_rewards:
+                group.create_dataset("rewards", shape=(0,), maxshape=(None,), dtype=np.float32,
+                                     chunks=(4096,), compression="lzf")
             self._offsets[split] = [0]
             self._names[split] = []
-        data = self.file[split]["frames"]
+        group = self.file[split]
         start = self._offsets[split][-1]
-        data.resize(start + len(frames), axis=0)
-        data[start:] = frames.astype(self.dtype, copy=False)
+        for key, values in (("frames", frames.astype(self.dtype, copy=False)), ("inputs", inputs),
+                            ("rewards", rewards)):
+            if values is not None:
+                group[key].resize(start + len(frames), axis=0)
+                group[key][start:] = values
         self._offsets[split].append(start + len(frames))
         self._names[split].append(name)
         if split == "train":
@@ -79,6 +102,25 @@ class StoreWriter:
             self._sumsq += (flat ** 2).sum(0)
             self._n += len(frames)
 
+    def _check_controls(self, name: str, steps: int, inputs, rewards):
+        """Inputs (T, A) and rewards (T,) as float32, the same presence and width for every sequence."""
+        if inputs is not None:
+            inputs = np.asarray(inputs, dtype=np.float32)
+            if inputs.ndim != 2 or len(inputs) != steps:
+                raise DataError(f"{name}: inputs have shape {inputs.shape}, expected ({steps}, A): one row per frame")
+        if rewards is not None:
+            rewards = np.asarray(rewards, dtype=np.float32)
+            if rewards.shape != (steps,):
+                raise DataError(f"{name}: rewards have shape {rewards.shape}, expected ({steps},): one per frame")
+        width = None if inputs is None else inputs.shape[1]
+        if self.has_rewards is None:     # the first sequence fixes what every sequence carries
+            self.input_dim, self.has_rewards = width, rewards is not None
+        if width != self.input_dim or (rewards is not None) != self.has_rewards:
+            raise DataError(f"{name}: carries inputs of width {width} and {'' if rewards is not None else 'no '}"
+                            f"rewards, earlier sequences of this store inputs of width {self.input_dim} and "
+                            f"{'' if self.has_rewards else 'no '}rewards")
+        return inputs, rewards
+
     def close(self, attrs: dict[str, Any]) -> Path:
         for split in SPLITS:
             if split not in self._offsets or len(self._names[split]) == 0:
@@ -89,16 +131,15 @@ class StoreWriter:
                 raise DataError(f"{self.path}: split '{split}' is empty after preprocessing{why}; "
                                 f"the previous store, if any, is unchanged")
         for split, offsets in self._offsets.items():
-            group = self.file[split]
-            group.create_dataset("offsets", data=np.asarray(offsets, dtype=np.int64))
-            group.create_dataset("names", data=np.asarray(self._names[split], dtype=object),
-                                 dtype=h5py.string_dtype())
+            write_index(self.file[split], np.asarray(offsets, dtype=np.int64), self._names[split])
         mean = self._sum / max(self._n, 1)
         std = np.sqrt(np.maximum(self._sumsq / max(self._n, 1) - mean ** 2, 0.0))
         self.file.attrs["frame_shape"] = np.asarray(self.frame_shape, dtype=np.int64)
         self.file.attrs["dtype"] = self.dtype.name
         self.file.attrs["mean"] = mean.astype(np.float32)
         self.file.attrs["std"] = std.astype(np.float32)
+        if self.input_dim is not None:
+            self.file.attrs["input_dim"] = self.input_dim
         for key, value in attrs.items():
             self.file.attrs[key] = json.dumps(value) if isinstance(value, (dict, list)) else value
         self.file.flush()
@@ -115,17 +156,32 @@ class StoreWriter:
             self.tmp.unlink(missing_ok=True)
 
 
+def write_index(group: h5py.Group, offsets: np.ndarray, names: list[str]) -> None:
+    """(Re)write a split's ``offsets`` and ``names``, resizable so that appends can grow them in place."""
+    for key, values, dtype in (("offsets", offsets, np.int64), ("names", names, h5py.string_dtype())):
+        if key in group and group[key].maxshape[0] is None:
+            group[key].resize(len(values), axis=0)
+            group[key][:] = np.asarray(values, dtype=object if key == "names" else np.int64)
+            continue
+        if key in group:     # a store written before indexes were resizable
+            del group[key]
+        group.create_dataset(key, data=np.asarray(values, dtype=object if key == "names" else np.int64),
+                             dtype=dtype, maxshape=(None,), chunks=(1024,))
+
+
 class SplitData:
-    """One split of an open store: lengths up front, frames read on demand."""
+    """One split of an open store: lengths up front, frames (and inputs, rewards) read on demand."""
 
     def __init__(self, group: h5py.Group, path: Path, split: str, value_scale: float = 1.0,
-                 frame_shape: tuple[int, ...] | None = None):
+                 frame_shape: tuple[int, ...] | None = None, input_dim: int | None = None):
         self.value_scale = float(value_scale)  # multiplies stored values when batches are made
         self.path, self.split = path, split
         try:
             self.frames = group["frames"]
             self.offsets = np.asarray(group["offsets"][:], dtype=np.int64)
             self.names = [n.decode() if isinstance(n, bytes) else str(n) for n in group["names"][:]]
+            self.inputs = group["inputs"] if "inputs" in group else None
+            self.rewards = group["rewards"] if "rewards" in group else None
         except (KeyError, OSError, ValueError, TypeError, AttributeError) as err:
             raise DataError(f"{path}: split '{split}' is incomplete ({err})") from None
         if frame_shape is not None and tuple(self.frames.shape[1:]) != tuple(frame_shape):
@@ -134,18 +190,59 @@ class SplitData:
         if (self.offsets.ndim != 1 or len(self.offsets) != len(self.names) + 1 or self.offsets[0] != 0
                 or np.any(np.diff(self.offsets) < 0) or self.offsets[-1] != self.frames.shape[0]):
             raise DataError(f"{path}: split '{split}' offsets do not match its frames")
+        self._check_controls(input_dim)
         self.lengths = np.diff(self.offsets)
+
+    def _check_controls(self, input_dim: int | None) -> None:
+        rows = self.frames.shape[0]
+        where = f"{self.path}: split '{self.split}'"
+        if input_dim is not None and self.inputs is None:
+            raise DataError(f"{where} has no inputs, but the store's input_dim is {input_dim}; "
+                            f"run `seqvi preprocess` again")
+        if self.inputs is not None:
+            if self.inputs.ndim != 2 or self.inputs.shape[0] != rows:
+                raise DataError(f"{where} inputs have shape {self.inputs.shape}, expected ({rows}, A): "
+                                f"one row per frame; run `seqvi preprocess` again")
+            if input_dim is not None and self.inputs.shape[1] != input_dim:
+                raise DataError(f"{where} inputs are {self.inputs.shape[1]} wide, the store's input_dim "
+                                f"is {input_dim}; run `seqvi preprocess` again")
+        if self.rewards is not None and self.rewards.shape != (rows,):
+            raise DataError(f"{where} rewards have shape {self.rewards.shape}, expected ({rows},): "
+                            f"one per frame; run `seqvi preprocess` again")
+
+    @property
+    def has_inputs(self) -> bool:
+        return self.inputs is not None
+
+    @property
+    def has_rewards(self) -> bool:
+        return self.rewards is not None
 
     def __len__(self) -> int:
         return len(self.lengths)
 
     def read(self, i: int, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Frames ``start:stop`` of sequence ``i`` (clipped to its length)."""
+        return self._slice(self.frames, i, start, stop)
+
+    def read_inputs(self, i: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Inputs ``start:stop`` of sequence ``i``, (T, A) float32: row t is u_t, aligned with frame t."""
+        if self.inputs is None:
+            raise DataError(f"{self.path}: split '{self.split}' has no inputs (the data set has no actions)")
+        return self._slice(self.inputs, i, start, stop)
+
+    def read_rewards(self, i: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rewards ``start:stop`` of sequence ``i``, (T,) float32: r_t, received with frame t."""
+        if self.rewards is None:
+            raise DataError(f"{self.path}: split '{self.split}' has no rewards")
+        return self._slice(self.rewards, i, start, stop)
+
+    def _slice(self, data: h5py.Dataset, i: int, start: int, stop: int | None) -> np.ndarray:
         length = int(self.lengths[i])
         stop = length if stop is None else min(stop, length)
         base = int(self.offsets[i])
         try:
-            return self.frames[base + start: base + stop]
+            return data[base + start: base + stop]
         except OSError as err:  # a corrupt chunk: h5py reads lazily, so it shows only here
             raise DataError(f"{self.path}: split '{self.split}' sequence {i} ({self.names[i]}) is unreadable "
                             f"({' '.join(str(err).split())[:160]}); run `seqvi preprocess` again") from None
@@ -184,8 +281,10 @@ class Store:
         if name not in self._splits:
             if name not in self.file:
                 raise DataError(f"{self.path}: no split '{name}' (has: {', '.join(self.splits)})")
+            input_dim = self.attrs.get("input_dim")
             self._splits[name] = SplitData(self.file[name], self.path, name,
-                                           float(self.attrs.get("value_scale", 1.0)), self.frame_shape)
+                                           float(self.attrs.get("value_scale", 1.0)), self.frame_shape,
+                                           None if input_dim is None else int(input_dim))
         return self._splits[name]
 
     def close(self) -> None:

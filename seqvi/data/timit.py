@@ -63,7 +63,7 @@ import numpy as np
 
 from seqvi.data.download import sha256_of
 from seqvi.data.manifest import Manifest
-from seqvi.data.sources import PreprocessReport, member_reader, open_zip, skip, unsafe_member
+from seqvi.data.sources import PreprocessReport, member_reader, open_zip, plain_split, skip, unsafe_member
 from seqvi.data.sphere import read_audio
 from seqvi.data.store import SPLITS, StoreWriter
 from seqvi.errors import DataError
@@ -73,7 +73,6 @@ SAMPLE_RATE = 16_000
 FRAME_SIZE = 200          # samples per time step (12.5 ms)
 VALID_FRACTION = 0.05     # FIVO's valid_frac
 VALID_SEED = 1234         # FIVO's random.seed
-PLAIN_SPLIT = (80, 10, 10)
 Progress = Callable[[str, int, int | None], None]
 
 
@@ -203,12 +202,6 @@ def valid_choice(keys: list[str], fraction: float = VALID_FRACTION, seed: int = 
     if size == 0 and len(order) >= 2:
         size = 1
     return set(order[:size])
-
-
-def plain_split(name: str) -> str:
-    """Split of a file in a tree without TRAIN/TEST folders: sha256 of its relative path, 80/10/10."""
-    bucket = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") % 100
-    return "train" if bucket < PLAIN_SPLIT[0] else "valid" if bucket < sum(PLAIN_SPLIT[:2]) else "test"
 
 
 # --------------------------------------------------------------------------- sources

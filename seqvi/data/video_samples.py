@@ -6,10 +6,15 @@ upscaled ``UPSCALE`` times (nearest) so 64x64 frames are visible, at the
 data's frame rate (``spec.fps`` if present, else 25). With ``truth`` (N, T',
 C, H, W), the real frames are shown to the left of the generated ones (the
 shorter sequence holds its last frame). Channels are averaged to gray.
+
+``write_rgb_mp4`` writes one colour episode (T, H, W, 3) uint8, e.g. the
+frames of a planner's episode in a simulator, atomically (temporary name,
+then rename).
 """
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -64,6 +69,32 @@ def write_mp4(frames: np.ndarray, path: Path, fps: int) -> Path:
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="gray")))
         container.mux(stream.encode())
+    return path
+
+
+def write_rgb_mp4(frames: np.ndarray, path: Path, fps: float, upscale: int = 4) -> Path:
+    """(T, H, W, 3) uint8 RGB -> MP4 (H.264 or MPEG-4, yuv420p), ``upscale`` times larger (nearest)."""
+    import av
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
+        raise SeqviError(f"{path}: RGB video frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    frames = frames.repeat(upscale, 1).repeat(upscale, 2)
+    frames = np.pad(frames, ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0)), mode="edge")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with av.open(str(tmp), "w", format="mp4") as container:
+            stream = container.add_stream(mp4_codec(), rate=Fraction(fps).limit_denominator(1000))
+            stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+            for frame in frames:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+            container.mux(stream.encode())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
