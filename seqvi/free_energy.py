@@ -116,26 +116,35 @@ def log_likelihood(p_x: Distribution, x: Tensor) -> Tensor:
 
 
 class StepTerms(NamedTuple):
-    recon: Tensor                        # (N,) -log p(x_t | z_t, h)
+    recon: Tensor                        # (N,) -log p(x_t | z_t, h) (and -log p(r_t | z_t, h), with rewards)
     kl: Tensor                           # (N,) KL(q || p), analytic
     log_alpha: Optional[Tensor] = None   # (N,) log p(x | z) + log p(z) - log q(z), when asked
     recon_binned: Optional[Tensor] = None   # (N,) -log P(bin of x_t), with a bin width
+    reward_nll: Optional[Tensor] = None     # (N,) -log p(r_t | z_t, h), where a reward was observed
 
 
 def score(model: Any, state: Any, z: Tensor, q_z: Normal, p_z: Normal, x: Tensor, *,
-          log_weights: bool = False, bin_width: float | None = None) -> StepTerms:
+          log_weights: bool = False, bin_width: float | None = None, rewards: Optional[Tensor] = None) -> StepTerms:
     """F_t's terms (and optionally the particle log-weight) for rows of (state, z, q, p, x): one step's
     batch, or every step's rows stacked. With ``bin_width`` a Gaussian emission is also scored on
-    quantization bins (``seqvi.likelihoods``: TIMIT's 16-bit samples)."""
+    quantization bins (``seqvi.likelihoods``: TIMIT's 16-bit samples). With ``rewards`` (N,) (NaN where
+    none was observed) and a model with a reward head, the reward's likelihood joins the emission's:
+    F_t then bounds -log p(x_t, r_t)."""
     p_x = model.emission(z, state)
     log_px = log_likelihood(p_x, x)
+    reward_nll = None
+    if rewards is not None and model.has("reward"):
+        observed = torch.isfinite(rewards)
+        clean = torch.where(observed, rewards, torch.zeros_like(rewards))   # no NaN reaches a gradient
+        reward_nll = -model.reward(z, state).log_prob(clean).reshape(len(clean), -1).sum(1) * observed
+        log_px = log_px - reward_nll
     log_alpha = None
     if log_weights:
         log_alpha = log_px + p_z.log_prob(z).flatten(1).sum(1) - q_z.log_prob(z).flatten(1).sum(1)
     binned = None
     if bin_width is not None and isinstance(p_x, Normal):
         binned = -discretized_gaussian_log_prob(p_x.loc, p_x.scale, x, bin_width).flatten(1).sum(1)
-    return StepTerms(-log_px, gaussian_kl(q_z, p_z), log_alpha, binned)
+    return StepTerms(-log_px, gaussian_kl(q_z, p_z), log_alpha, binned, reward_nll)
 
 
 def step_free_energy(model: Any, q_z: Normal, p_z: Normal, x: Tensor, state: Any) -> StepTerms:

@@ -1,7 +1,8 @@
 """Objectives: the filtering pass as one particle loop, and the bounds as functions of it.
 
-For x (B, T, *X), mask (B, T) (padding at the end of each sequence) and
-optional per-step inputs u (B, T, U), K particles are stacked with the batch
+For x (B, T, *X), mask (B, T) (padding at the end of each sequence),
+optional per-step inputs u (B, T, U) and rewards r (B, T) (NaN where none
+was observed; scored by a model's reward head with x), K particles are stacked with the batch
 (row k * B + b), so every model step runs once on (K*B) rows. Per step::
 
     h            <- condition(h, u_t)
@@ -77,6 +78,7 @@ class SequenceTerms:
     gap: Optional[Tensor] = None            # F_t drop under per-step refinement, if measured
     recon_binned: Optional[Tensor] = None   # -log P(bin of x_t), with a bin width
     log_alpha: Optional[Tensor] = None      # log p(x_t | z_t) + log p(z_t) - log q(z_t): -ELBO's per-step terms
+    reward_nll: Optional[Tensor] = None     # -log p(r_t | z_t, h) (part of recon), with rewards
 
     @property
     def free_energy(self) -> Tensor:
@@ -133,6 +135,7 @@ class _Pass:
     aux: Optional[Tensor]
     gap: Optional[Tensor]
     binned: Optional[Tensor]
+    reward_nll: Optional[Tensor]
     log_alpha: Tensor        # (K*B, T)
     increments: Tensor       # (B, T)
     resampled: Tensor        # (B, T)
@@ -140,38 +143,39 @@ class _Pass:
 
 def _particle_pass(model: Any, inference: Any, x: Tensor, mask: Tensor, particles: int = 1,
                    resample: bool = False, ess_threshold: float = 0.5, *, inputs: Optional[Tensor] = None,
-                   refine: Optional[Callable] = None, bin_width: float | None = None,
-                   log_weights: bool = True) -> _Pass:
+                   rewards: Optional[Tensor] = None, refine: Optional[Callable] = None,
+                   bin_width: float | None = None, log_weights: bool = True, kl_weight: float = 1.0) -> _Pass:
     """THE particle loop (module docstring). Without ``log_weights`` (one particle, no resampling:
     the free energy alone) the weights are not computed and ``log_alpha``, ``increments`` are None."""
     log_weights = log_weights or _needs_weights(particles, resample)
     K, (B, T) = particles, mask.shape
     xk, maskk = repeat_rows(x, K), mask.repeat(K, 1)                                      # rows k * B + b
-    uk = None if inputs is None else repeat_rows(inputs, K)
+    uk, rk = (None if v is None else repeat_rows(v, K) for v in (inputs, rewards))
     state = model.initial_state(K * B)
     # q's initial state is a deterministic function of each row's x: computed once, repeated K times
-    q_state = repeat_rows(inference.initial_state(B, x, mask), K)
+    q_state = repeat_rows(inference.initial_state(B, x, mask, kl_weight=kl_weight), K)
     weights = _Weights(K, B, x)
     increments, resampled = [], []
     if _stacks(model, x, log_weights, resample and K > 1, refine):
         path = stacked.sample_path(model, inference, xk, state, q_state, uk)
-        terms = stacked.score_path(model, path, xk, maskk, log_weights=log_weights, bin_width=bin_width)
+        terms = stacked.score_path(model, path, xk, maskk, log_weights=log_weights, bin_width=bin_width, rewards=rk)
         if log_weights:
             for t in range(T):
                 increments.append(weights.add(terms.log_alpha[:, t], mask[:, t]))
         aux = torch.stack(path.aux, 1) * maskk if path.aux else None
-        return _Pass(terms.recon, terms.kl, aux, None, terms.recon_binned, terms.log_alpha,
+        return _Pass(terms.recon, terms.kl, aux, None, terms.recon_binned, terms.reward_nll, terms.log_alpha,
                      torch.stack(increments, 1) if increments else None, torch.zeros_like(mask))
-    recon, kl, aux, gap, binned, log_alpha = [], [], [], [], [], []
+    recon, kl, aux, gap, binned, reward_nll, log_alpha = [], [], [], [], [], [], []
     for t in range(T):
         x_t = xk[:, t]
         state = model.condition(state, None if uk is None else uk[:, t])
         p_z = model.prior(state)
         q = inference.posterior(model, x_t, state, p_z, q_state)
         z = reparameterize(q.q_z)
-        terms = score(model, state, z, q.q_z, p_z, x_t, log_weights=log_weights, bin_width=bin_width)
+        terms = score(model, state, z, q.q_z, p_z, x_t, log_weights=log_weights, bin_width=bin_width,
+                      rewards=None if rk is None else rk[:, t])
         for store, value in ((recon, terms.recon), (kl, terms.kl), (log_alpha, terms.log_alpha),
-                             (binned, terms.recon_binned), (aux, q.aux)):
+                             (binned, terms.recon_binned), (reward_nll, terms.reward_nll), (aux, q.aux)):
             if value is not None:
                 store.append(value)
         if refine is not None:
@@ -187,7 +191,7 @@ def _particle_pass(model: Any, inference: Any, x: Tensor, mask: Tensor, particle
                 state, q_state = (map_state(lambda s: s[index], s) for s in (state, q_state))
         resampled.append(done.to(x.dtype))
     stack = lambda values: torch.stack(values, 1) * maskk if values else None  # noqa: E731
-    return _Pass(stack(recon), stack(kl), stack(aux), stack(gap), stack(binned), stack(log_alpha),
+    return _Pass(stack(recon), stack(kl), stack(aux), stack(gap), stack(binned), stack(reward_nll), stack(log_alpha),
                  torch.stack(increments, 1) if increments else None, torch.stack(resampled, 1))
 
 
@@ -206,32 +210,35 @@ def _needs_weights(particles: int, resample: bool) -> bool:
 
 
 def filter_sequence(model: Any, inference: Any, x: Tensor, mask: Tensor, *, inputs: Optional[Tensor] = None,
-                    refine: Optional[Callable] = None, bin_width: float | None = None,
-                    log_weights: bool = False) -> SequenceTerms:
+                    rewards: Optional[Tensor] = None, refine: Optional[Callable] = None,
+                    bin_width: float | None = None, log_weights: bool = False, kl_weight: float = 1.0) -> SequenceTerms:
     """One filtering pass, one reparameterized sample per step (the particle loop with K = 1).
 
     ``refine(model, q_z, p_z, x_t, state) -> (F_before, F_after)`` (``seqvi.inference.refine``), when
     given, measures the amortization gap at every step without changing the filter's own trajectory.
     ``bin_width`` also scores each frame on quantization bins (discretized likelihood);
     ``log_weights`` also returns the particle log-weights (the ELBO's per-step terms, same samples).
+    ``kl_weight``: the objective's KL weight, which an inference may read (AVF with ``anneal``).
     """
-    run = _particle_pass(model, inference, x, mask, inputs=inputs, refine=refine, bin_width=bin_width,
-                         log_weights=log_weights)
-    return SequenceTerms(run.recon, run.kl, mask, run.aux, run.gap, run.binned, run.log_alpha)
+    run = _particle_pass(model, inference, x, mask, inputs=inputs, rewards=rewards, refine=refine,
+                         bin_width=bin_width, log_weights=log_weights, kl_weight=kl_weight)
+    return SequenceTerms(run.recon, run.kl, mask, run.aux, run.gap, run.binned, run.log_alpha, run.reward_nll)
 
 
 def particle_bound(model: Any, inference: Any, x: Tensor, mask: Tensor, num_particles: int = 1,
-                   resample: bool = False, ess_threshold: float = 0.5, *,
-                   inputs: Optional[Tensor] = None) -> BoundTerms:
+                   resample: bool = False, ess_threshold: float = 0.5, *, inputs: Optional[Tensor] = None,
+                   rewards: Optional[Tensor] = None) -> BoundTerms:
     """ELBO (K = 1), IWAE (K particles, no resampling) or FIVO (resample when ESS < K * threshold)."""
-    run = _particle_pass(model, inference, x, mask, num_particles, resample, ess_threshold, inputs=inputs)
+    run = _particle_pass(model, inference, x, mask, num_particles, resample, ess_threshold, inputs=inputs,
+                         rewards=rewards)
     return BoundTerms(run.increments, run.resampled, mask)
 
 
 def bound(model: Any, inference: Any, x: Tensor, mask: Tensor, which: Bound, particles: int = 1, *,
-          inputs: Optional[Tensor] = None) -> BoundTerms:
+          inputs: Optional[Tensor] = None, rewards: Optional[Tensor] = None) -> BoundTerms:
     """The bound ``which`` (an entry of ``BOUNDS``) with ``particles`` where it takes a K."""
-    return particle_bound(model, inference, x, mask, which.num_particles(particles), which.resample, inputs=inputs)
+    return particle_bound(model, inference, x, mask, which.num_particles(particles), which.resample,
+                          inputs=inputs, rewards=rewards)
 
 
 # --------------------------------------------------------------------------- training
@@ -253,15 +260,16 @@ class TrainTerms(NamedTuple):
 
 
 def training_terms(model: Any, inference: Any, x: Tensor, mask: Tensor, objective: Objective, *,
-                   inputs: Optional[Tensor] = None) -> TrainTerms:
+                   inputs: Optional[Tensor] = None, rewards: Optional[Tensor] = None) -> TrainTerms:
     """The summed training loss of one batch (module docstring) and its parts."""
     if objective.bound.name == "elbo":
-        terms = filter_sequence(model, inference, x, mask, inputs=inputs)
+        terms = filter_sequence(model, inference, x, mask, inputs=inputs, rewards=rewards,
+                                kl_weight=objective.kl_weight)
         value = (terms.recon + objective.kl_weight * terms.kl).sum()
         total = value if terms.aux is None else value + terms.aux.sum()
         return TrainTerms(total, float(value.detach()), float(terms.recon.detach().sum()),
                           float(terms.kl.detach().sum()))
-    run = bound(model, inference, x, mask, objective.bound, objective.particles, inputs=inputs)
+    run = bound(model, inference, x, mask, objective.bound, objective.particles, inputs=inputs, rewards=rewards)
     total = -run.log_p_hat.sum()                                  # KL annealing does not apply
     return TrainTerms(total, float(total.detach()), math.nan, math.nan)
 

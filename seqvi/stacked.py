@@ -89,12 +89,12 @@ def put(values: Tensor, keep: Optional[Tensor], mask: Tensor) -> Tensor:
 
 
 def score_path(model: Any, path: Path, x: Tensor, mask: Tensor, *, log_weights: bool = False,
-               bin_width: float | None = None) -> StepTerms:
+               bin_width: float | None = None, rewards: Optional[Tensor] = None) -> StepTerms:
     """``seqvi.free_energy.score`` on every real step of the path at once -> terms (B, T), 0 on padding."""
     keep = real_rows(mask)
     state = rows(path.states, keep)
     q_z = Normal(rows(path.locs, keep), rows(path.scales, keep), validate_args=False)
-    x_rows = x.flatten(0, 1) if keep is None else x.flatten(0, 1).index_select(0, keep)
-    terms = score(model, state, rows(path.zs, keep), q_z, model.prior(state), x_rows,
-                  log_weights=log_weights, bin_width=bin_width)
+    flat = lambda v: v.flatten(0, 1) if keep is None else v.flatten(0, 1).index_select(0, keep)  # noqa: E731
+    terms = score(model, state, rows(path.zs, keep), q_z, model.prior(state), flat(x),
+                  log_weights=log_weights, bin_width=bin_width, rewards=None if rewards is None else flat(rewards))
     return StepTerms(*(None if v is None else put(v, keep, mask) for v in terms))

@@ -15,7 +15,8 @@ epoch; the order of the batches is shuffled. Still a pure function of
 Shapes: ``x`` is ``(B, T, *frame_shape)`` float32, ``mask`` ``(B, T)`` float32
 with 1 on real steps; padding is always at the end of a sequence. A store of
 interaction sequences also gives per-step ``inputs`` (B, T, U) (the actions)
-and ``rewards`` (B, T), padded with zeros.
+and ``rewards`` (B, T), padded with zeros; a sequence's first reward (stored
+as 0: no reward arrives with the first observation) is NaN, "not observed".
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class Batch(NamedTuple):
     x: torch.Tensor                          # (B, T, *X)
     mask: torch.Tensor                       # (B, T)
     inputs: Optional[torch.Tensor] = None    # (B, T, U) per-step inputs (actions), if the store has them
-    rewards: Optional[torch.Tensor] = None   # (B, T), if the store has them
+    rewards: Optional[torch.Tensor] = None   # (B, T), if the store has them; NaN where none was observed
     indices: Optional[np.ndarray] = None     # the sequences' indices in the split
 
     def to(self, device) -> "Batch":
@@ -97,10 +98,13 @@ def read_batch(split: SplitData, windows: list[tuple[int, int, int]], length: in
     if not windows:   # a share can be empty when the batch is smaller than the number of processes
         return Batch(torch.zeros(0, length, *split.frames.shape[1:]), torch.zeros(0, length))
     x, mask = pad([split.read(i, start, stop) for i, start, stop in windows], split.value_scale, length)
-    if not getattr(split, "has_inputs", False):
-        return Batch(x, mask)
-    inputs, _ = pad([split.read_inputs(i, start, stop) for i, start, stop in windows], 1.0, length)
-    rewards, _ = pad([split.read_rewards(i, start, stop) for i, start, stop in windows], 1.0, length)
+    inputs = rewards = None
+    if getattr(split, "has_inputs", False):
+        inputs, _ = pad([split.read_inputs(i, start, stop) for i, start, stop in windows], 1.0, length)
+    if getattr(split, "has_rewards", False):
+        rewards, _ = pad([split.read_rewards(i, start, stop) for i, start, stop in windows], 1.0, length)
+        first = torch.tensor([start == 0 for _, start, _ in windows])
+        rewards[first, 0] = float("nan")   # a sequence's first reward is a fill: nothing arrived with o_0
     return Batch(x, mask, inputs, rewards)
 
 

@@ -13,6 +13,8 @@ bounds, so lower is better and comparable with F):
 * ``-ELBO``, ``-IWAE(K)``, ``-FIVO(K)``: the particle bounds' per-step increments,
 * ``-log p (exact)``: when the model offers ``exact_log_likelihood`` (Kalman),
 * ``gap``: the amortization gap, the drop of F_t under per-step refinement,
+* ``reward NLL``: with rewards (interaction data) and a model with a reward
+  head, -log p(r_t | z_t, h), which F and the bounds include,
 * ``F (binned)`` and ``recon (binned)``: with the store's ``bin_width``, the
   Gaussian emission scored on quantization bins (TIMIT's 16-bit samples, the
   unit of the AVF paper's table); KL unchanged.
@@ -142,16 +144,18 @@ def evaluate(model: Any, inference: Any, split: SplitData, name: str, *, batch_s
                 refine_fn = partial(refine_step, generator=generator, **refine)
             with noise_shard(rows, size):
                 torch.manual_seed(_stream(seed, i, "free energy"))
-                terms = filter_sequence(model, inference, x, mask, inputs=batch.inputs, refine=refine_fn,
-                                        bin_width=bin_width)
+                terms = filter_sequence(model, inference, x, mask, inputs=batch.inputs, rewards=batch.rewards,
+                                        refine=refine_fn, bin_width=bin_width)
                 extra = {}
+                if terms.reward_nll is not None:
+                    extra["reward NLL"] = terms.reward_nll
                 if terms.recon_binned is not None:
                     extra["F (binned)"] = terms.recon_binned + terms.kl
                     extra["recon (binned)"] = terms.recon_binned
                 for which in bounds:
                     torch.manual_seed(_stream(seed, i, which.name))
                     extra[which.label(particles)] = -run_bound(model, inference, x, mask, which, particles,
-                                                               inputs=batch.inputs).increments
+                                                               inputs=batch.inputs, rewards=batch.rewards).increments
             if exact is not None:
                 extra["-log p (exact)"] = -exact(x, mask)
             if terms.gap is not None:

@@ -52,6 +52,7 @@ class DataSpec:
     adapter: str = "midi"
     steps_per_beat: int = 1
     frame_shape: tuple = ()
+    input_dim: int = 0           # per-step inputs (actions) the store carries, 0: none
 
     @classmethod
     def from_store(cls, store: Store, dataset: str) -> "DataSpec":
@@ -63,7 +64,7 @@ class DataSpec:
             x_dim *= s
         return cls(dataset, str(store.path), x_dim, store.likelihood,
                    str(store.attrs.get("adapter", "midi")), int(store.attrs.get("steps_per_beat", 1)),
-                   tuple(store.frame_shape))
+                   tuple(store.frame_shape), int(store.attrs.get("input_dim", 0)))
 
 
 def open_store(recipe: Recipe) -> Store:

@@ -345,7 +345,8 @@ def train_step(trainee: Trainee, batch: Batch, objective: Objective, dist: distr
     x, mask = batch.x, batch.mask
     local = TrainTerms(x.new_zeros(()), 0.0, 0.0, 0.0)
     if x.shape[0] > 0:
-        local = training_terms(trainee.model, trainee.inference, x, mask, objective, inputs=batch.inputs)
+        local = training_terms(trainee.model, trainee.inference, x, mask, objective, inputs=batch.inputs,
+                               rewards=batch.rewards)
     stats = distributed.all_reduce_sum(dist, torch.tensor(
         [local.value, float(mask.sum()), float(not torch.isfinite(local.loss_sum)), local.recon, local.kl],
         dtype=torch.float64))

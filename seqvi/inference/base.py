@@ -1,6 +1,6 @@
 """The inference contract: one filtering step of q, for any model (q only).
 
-    initial_state(batch_size, x=None, mask=None) -> q_state   q's own recurrence (None if stateless)
+    initial_state(batch_size, x=None, mask=None, kl_weight=1.0) -> q_state   q's own recurrence (or None)
     posterior(model, x_t, state, p_z, q_state)    -> Posterior(q_z, q_state, aux)
 
 ``q_z`` is a Normal over (B, Z). ``q_state`` carries what q alone remembers
@@ -9,7 +9,9 @@ tensors (other leaves pass through ``map_state`` untouched) or None. ``x``
 (B, T, *X) is the whole observed sequence: a filtering procedure must ignore
 it; only a smoothing procedure (labelled as such, e.g. SRNN's backward RNN)
 may read ahead, by precomputing into ``q_state``; ``mask`` (B, T) tells it
-where each sequence really ends. ``aux`` is an optional (B,) loss that
+where each sequence really ends; ``kl_weight`` is the objective's KL weight
+beta (annealing), for a procedure whose own loss should use it (AVF with
+``anneal``). ``aux`` is an optional (B,) loss that
 trains only q's parameters (AVF: the free energy at every iteration before
 the last), or None.
 
@@ -59,7 +61,8 @@ class Inference(nn.Module):
     prior_graph = True
     eval_iterations: Optional[int] = None
 
-    def initial_state(self, batch_size: int, x: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Any:
+    def initial_state(self, batch_size: int, x: Optional[Tensor] = None, mask: Optional[Tensor] = None,
+                      kl_weight: float = 1.0) -> Any:
         return None
 
     def posterior(self, model: Any, x: Tensor, state: Any, p_z: Normal, q_state: Any = None) -> Posterior:

@@ -85,8 +85,8 @@ class Combiner(Inference):
         self.loc = Linear(rnn_size, model.z_dim)                # q(z_t | z_{t-1}, x_{<=t}): mean
         self.scale = Linear(rnn_size, model.z_dim)              # q(z_t | z_{t-1}, x_{<=t}): scale
 
-    def initial_state(self, batch_size: int, x: Optional[Tensor] = None,
-                      mask: Optional[Tensor] = None) -> CombinerState:
+    def initial_state(self, batch_size: int, x: Optional[Tensor] = None, mask: Optional[Tensor] = None,
+                      kl_weight: float = 1.0) -> CombinerState:
         h_0 = self.h_0.expand(batch_size, -1)
         if x is None:
             return CombinerState(h_0, ())

@@ -57,8 +57,8 @@ class Smoothing(Inference):
         self.net = nn.Sequential(mlp([A + model.z_dim] + [dense_size] * layers),
                                  GaussianHead(dense_size, model.z_dim))                    # q(z_t | z_{t-1}, a_t)
 
-    def initial_state(self, batch_size: int, x: Optional[Tensor] = None,
-                      mask: Optional[Tensor] = None) -> Optional[tuple[Tensor]]:
+    def initial_state(self, batch_size: int, x: Optional[Tensor] = None, mask: Optional[Tensor] = None,
+                      kl_weight: float = 1.0) -> Optional[tuple[Tensor]]:
         """q_state = (a_{1:T},) (B, T, A), from the whole x (B, T, D); None without x (nothing to smooth)."""
         if x is None:
             return None

@@ -33,8 +33,8 @@ class SVGPosterior(Inference):
         self.rnn = LSTMStack(model.feature_size, rnn_size, layers)
         self.head = GaussianHead(rnn_size, model.z_dim)
 
-    def initial_state(self, batch_size: int, x: Optional[Tensor] = None,
-                      mask: Optional[Tensor] = None) -> PosteriorState:
+    def initial_state(self, batch_size: int, x: Optional[Tensor] = None, mask: Optional[Tensor] = None,
+                      kl_weight: float = 1.0) -> PosteriorState:
         """Zero LSTM state; a filtering posterior never reads ``x`` ahead."""
         return PosteriorState(*self.rnn.zeros(batch_size, self.head.loc.weight.device))
 

@@ -3,6 +3,7 @@
 from seqvi.models.base import SequentialModel
 from seqvi.models.dmm import DMM
 from seqvi.models.lgssm import LGSSM
+from seqvi.models.rssm import RSSM
 from seqvi.models.srnn import SRNN
 from seqvi.models.svg import SVG
 from seqvi.models.vrnn import VRNN
@@ -13,7 +14,8 @@ MODELS: dict[str, type[SequentialModel]] = {
     "dmm": DMM,
     "lgssm": LGSSM,
     "svg": SVG,
+    "rssm": RSSM,
 }
 
 # Constructor arguments the data supplies (from the store), not the recipe.
-DATA_ARGS = ("x_dim", "likelihood", "frame_shape")
+DATA_ARGS = ("x_dim", "likelihood", "frame_shape", "input_dim")

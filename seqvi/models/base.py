@@ -18,7 +18,7 @@ AVF, every bound, evaluation and sampling with no further code.
 Optional hooks (declared below with what each buys; ``model.has(name)`` says
 whether a model provides one): ``rowwise``, ``markov_in_z`` / ``z_state``,
 ``previous_z``, ``deterministic_path``, ``exact_log_likelihood``,
-``emission_grad``, ``condition``. A model that provides none of them is
+``emission_grad``, ``condition``, ``reward``, ``advance_needs_x``. A model that provides none of them is
 still correct, only slower (or without the q that needs them).
 
 The building blocks below parameterize the conditionals: ``GaussianHead``
@@ -58,6 +58,9 @@ class SequentialModel(nn.Module):
     #: The state after a step is a function of that step's z alone: advance(state, x, z) == z_state(z)
     #: (the DMM). Lets an inference run its whole sampling path at once (the combiner's kernel).
     markov_in_z: bool = False
+    #: ``advance`` reads x_t. False (the RSSM) lets imagination (planning) roll the model forward with
+    #: x = None instead of decoding an observation at every step.
+    advance_needs_x: bool = True
 
     # ------------------------------------------------------------------ the contract
 
@@ -88,6 +91,12 @@ class SequentialModel(nn.Module):
         ``u`` None for data without inputs. Provide it if the model takes per-step inputs (or does
         its deterministic transition here); the default leaves the state as it is."""
         return state
+
+    def reward(self, z: Tensor, state: Any) -> Distribution:
+        """p(r_t | h, z_t) over (B,): a reward head, for interaction data (stored rewards r_t arrive
+        with o_t). Provide it to model rewards: the free energy then bounds -log p(x_t, r_t), eval
+        reports the reward's NLL, and the planner (``seqvi plan``) sums its mean."""
+        raise NotImplementedError
 
     def z_state(self, z: Tensor) -> Any:
         """For ``markov_in_z`` models: the state after a step that sampled z (B, Z)."""
