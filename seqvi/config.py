@@ -49,6 +49,8 @@ class ObjectiveConfig:
     kl_start: float = 0.0
     bound: str = "elbo"              # elbo (analytic KL) | iwae | fivo
     particles: int = 1               # K for iwae / fivo training
+    free_bits: float = 0.0           # lambda: each latent group's KL per step counts as max(lambda, KL); 0 = off
+    free_bits_groups: int = 1        # the z dimensions split into this many equal groups, lambda each
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class TrainConfig:
     epochs: int = 10
     lr: float = 1e-3
     inference_lr: Optional[float] = None   # q's parameters (AVF paper: separate Adam); None = lr
+    inference_clip_grad: Optional[float] = None   # q's gradient norm clipped on its own to this; None = one joint norm
     lr_decay: float = 1.0            # multiplicative, once per epoch
     clip_grad: float = 10.0          # max global grad norm; 0 disables
     log_every: int = 10              # steps between metrics lines
@@ -83,7 +86,8 @@ OPEN_SECTIONS = ("model", "inference")
 
 # Lower bounds of the numeric keys that have one (a batch of 0 or log_every 0 means nothing).
 MINIMUM = {"data.batch_size": 1, "data.eval_batch_size": 1, "data.crop_length": 0, "data.min_length": 0,
-           "objective.kl_anneal_epochs": 0, "objective.particles": 1, "train.epochs": 1,
+           "objective.kl_anneal_epochs": 0, "objective.particles": 1, "objective.free_bits": 0,
+           "objective.free_bits_groups": 1, "train.epochs": 1, "train.inference_clip_grad": 0,
            "train.log_every": 1, "train.checkpoint_every": 0, "train.clip_grad": 0, "train.patience": 0,
            "train.max_minutes": 0}
 

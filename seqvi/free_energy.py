@@ -102,11 +102,14 @@ def reparameterize(q_z: Normal) -> Tensor:
 # --------------------------------------------------------------------------- terms
 
 
-def gaussian_kl(q: Normal, p: Normal) -> Tensor:
-    """KL(N(q.loc, q.scale) || N(p.loc, p.scale)) summed over non-batch dims -> (B,)."""
+def gaussian_kl(q: Normal, p: Normal, groups: int = 0) -> Tensor:
+    """KL(N(q.loc, q.scale) || N(p.loc, p.scale)) summed over non-batch dims -> (B,); with ``groups`` G,
+    summed within G equal groups of the flattened dimensions instead -> (B, G)."""
     var_ratio = (q.scale / p.scale).pow(2)
     t1 = ((q.loc - p.loc) / p.scale).pow(2)
     kl = 0.5 * (var_ratio + t1 - 1 - var_ratio.log())
+    if groups:
+        return kl.flatten(1).view(len(kl), groups, -1).sum(2)
     return kl.flatten(1).sum(1)
 
 
@@ -121,15 +124,17 @@ class StepTerms(NamedTuple):
     log_alpha: Optional[Tensor] = None   # (N,) log p(x | z) + log p(z) - log q(z), when asked
     recon_binned: Optional[Tensor] = None   # (N,) -log P(bin of x_t), with a bin width
     reward_nll: Optional[Tensor] = None     # (N,) -log p(r_t | z_t, h), where a reward was observed
+    kl_groups: Optional[Tensor] = None      # (N, G) the KL within G groups of z's dimensions, when asked
 
 
 def score(model: Any, state: Any, z: Tensor, q_z: Normal, p_z: Normal, x: Tensor, *,
-          log_weights: bool = False, bin_width: float | None = None, rewards: Optional[Tensor] = None) -> StepTerms:
+          log_weights: bool = False, bin_width: float | None = None, rewards: Optional[Tensor] = None,
+          kl_groups: int = 0) -> StepTerms:
     """F_t's terms (and optionally the particle log-weight) for rows of (state, z, q, p, x): one step's
     batch, or every step's rows stacked. With ``bin_width`` a Gaussian emission is also scored on
     quantization bins (``seqvi.likelihoods``: TIMIT's 16-bit samples). With ``rewards`` (N,) (NaN where
     none was observed) and a model with a reward head, the reward's likelihood joins the emission's:
-    F_t then bounds -log p(x_t, r_t)."""
+    F_t then bounds -log p(x_t, r_t). ``kl_groups`` G also gives the KL within G groups of z (free bits)."""
     p_x = model.emission(z, state)
     log_px = log_likelihood(p_x, x)
     reward_nll = None
@@ -144,7 +149,9 @@ def score(model: Any, state: Any, z: Tensor, q_z: Normal, p_z: Normal, x: Tensor
     binned = None
     if bin_width is not None and isinstance(p_x, Normal):
         binned = -discretized_gaussian_log_prob(p_x.loc, p_x.scale, x, bin_width).flatten(1).sum(1)
-    return StepTerms(-log_px, gaussian_kl(q_z, p_z), log_alpha, binned, reward_nll)
+    by_group = gaussian_kl(q_z, p_z, kl_groups) if kl_groups else None
+    kl = by_group.sum(1) if by_group is not None else gaussian_kl(q_z, p_z)
+    return StepTerms(-log_px, kl, log_alpha, binned, reward_nll, by_group)
 
 
 def step_free_energy(model: Any, q_z: Normal, p_z: Normal, x: Tensor, state: Any) -> StepTerms:

@@ -79,6 +79,7 @@ class SequenceTerms:
     recon_binned: Optional[Tensor] = None   # -log P(bin of x_t), with a bin width
     log_alpha: Optional[Tensor] = None      # log p(x_t | z_t) + log p(z_t) - log q(z_t): -ELBO's per-step terms
     reward_nll: Optional[Tensor] = None     # -log p(r_t | z_t, h) (part of recon), with rewards
+    kl_groups: Optional[Tensor] = None      # (B, T, G) the KL within G groups of z, when asked (free bits)
 
     @property
     def free_energy(self) -> Tensor:
@@ -136,6 +137,7 @@ class _Pass:
     gap: Optional[Tensor]
     binned: Optional[Tensor]
     reward_nll: Optional[Tensor]
+    kl_groups: Optional[Tensor]
     log_alpha: Tensor        # (K*B, T)
     increments: Tensor       # (B, T)
     resampled: Tensor        # (B, T)
@@ -144,7 +146,8 @@ class _Pass:
 def _particle_pass(model: Any, inference: Any, x: Tensor, mask: Tensor, particles: int = 1,
                    resample: bool = False, ess_threshold: float = 0.5, *, inputs: Optional[Tensor] = None,
                    rewards: Optional[Tensor] = None, refine: Optional[Callable] = None,
-                   bin_width: float | None = None, log_weights: bool = True, kl_weight: float = 1.0) -> _Pass:
+                   bin_width: float | None = None, log_weights: bool = True, kl_weight: float = 1.0,
+                   kl_groups: int = 0) -> _Pass:
     """THE particle loop (module docstring). Without ``log_weights`` (one particle, no resampling:
     the free energy alone) the weights are not computed and ``log_alpha``, ``increments`` are None."""
     log_weights = log_weights or _needs_weights(particles, resample)
@@ -158,14 +161,16 @@ def _particle_pass(model: Any, inference: Any, x: Tensor, mask: Tensor, particle
     increments, resampled = [], []
     if _stacks(model, x, log_weights, resample and K > 1, refine):
         path = stacked.sample_path(model, inference, xk, state, q_state, uk)
-        terms = stacked.score_path(model, path, xk, maskk, log_weights=log_weights, bin_width=bin_width, rewards=rk)
+        terms = stacked.score_path(model, path, xk, maskk, log_weights=log_weights, bin_width=bin_width, rewards=rk,
+                                   kl_groups=kl_groups)
         if log_weights:
             for t in range(T):
                 increments.append(weights.add(terms.log_alpha[:, t], mask[:, t]))
         aux = torch.stack(path.aux, 1) * maskk if path.aux else None
-        return _Pass(terms.recon, terms.kl, aux, None, terms.recon_binned, terms.reward_nll, terms.log_alpha,
+        return _Pass(terms.recon, terms.kl, aux, None, terms.recon_binned, terms.reward_nll, terms.kl_groups,
+                     terms.log_alpha,
                      torch.stack(increments, 1) if increments else None, torch.zeros_like(mask))
-    recon, kl, aux, gap, binned, reward_nll, log_alpha = [], [], [], [], [], [], []
+    recon, kl, aux, gap, binned, reward_nll, by_group, log_alpha = [], [], [], [], [], [], [], []
     for t in range(T):
         x_t = xk[:, t]
         state = model.condition(state, None if uk is None else uk[:, t])
@@ -173,9 +178,10 @@ def _particle_pass(model: Any, inference: Any, x: Tensor, mask: Tensor, particle
         q = inference.posterior(model, x_t, state, p_z, q_state)
         z = reparameterize(q.q_z)
         terms = score(model, state, z, q.q_z, p_z, x_t, log_weights=log_weights, bin_width=bin_width,
-                      rewards=None if rk is None else rk[:, t])
+                      rewards=None if rk is None else rk[:, t], kl_groups=kl_groups)
         for store, value in ((recon, terms.recon), (kl, terms.kl), (log_alpha, terms.log_alpha),
-                             (binned, terms.recon_binned), (reward_nll, terms.reward_nll), (aux, q.aux)):
+                             (binned, terms.recon_binned), (reward_nll, terms.reward_nll),
+                             (by_group, terms.kl_groups), (aux, q.aux)):
             if value is not None:
                 store.append(value)
         if refine is not None:
@@ -190,8 +196,9 @@ def _particle_pass(model: Any, inference: Any, x: Tensor, mask: Tensor, particle
             if index is not None:
                 state, q_state = (map_state(lambda s: s[index], s) for s in (state, q_state))
         resampled.append(done.to(x.dtype))
-    stack = lambda values: torch.stack(values, 1) * maskk if values else None  # noqa: E731
-    return _Pass(stack(recon), stack(kl), stack(aux), stack(gap), stack(binned), stack(reward_nll), stack(log_alpha),
+    stack = lambda values: stacked.put(torch.stack(values, 1).flatten(0, 1), None, maskk) if values else None  # noqa: E731
+    return _Pass(stack(recon), stack(kl), stack(aux), stack(gap), stack(binned), stack(reward_nll), stack(by_group),
+                 stack(log_alpha),
                  torch.stack(increments, 1) if increments else None, torch.stack(resampled, 1))
 
 
@@ -211,18 +218,21 @@ def _needs_weights(particles: int, resample: bool) -> bool:
 
 def filter_sequence(model: Any, inference: Any, x: Tensor, mask: Tensor, *, inputs: Optional[Tensor] = None,
                     rewards: Optional[Tensor] = None, refine: Optional[Callable] = None,
-                    bin_width: float | None = None, log_weights: bool = False, kl_weight: float = 1.0) -> SequenceTerms:
+                    bin_width: float | None = None, log_weights: bool = False, kl_weight: float = 1.0,
+                    kl_groups: int = 0) -> SequenceTerms:
     """One filtering pass, one reparameterized sample per step (the particle loop with K = 1).
 
     ``refine(model, q_z, p_z, x_t, state) -> (F_before, F_after)`` (``seqvi.inference.refine``), when
     given, measures the amortization gap at every step without changing the filter's own trajectory.
     ``bin_width`` also scores each frame on quantization bins (discretized likelihood);
     ``log_weights`` also returns the particle log-weights (the ELBO's per-step terms, same samples).
-    ``kl_weight``: the objective's KL weight, which an inference may read (AVF with ``anneal``).
+    ``kl_weight``: the objective's KL weight, which an inference may read (AVF with ``anneal``);
+    ``kl_groups`` G: also the KL within G groups of z's dimensions (free bits).
     """
     run = _particle_pass(model, inference, x, mask, inputs=inputs, rewards=rewards, refine=refine,
-                         bin_width=bin_width, log_weights=log_weights, kl_weight=kl_weight)
-    return SequenceTerms(run.recon, run.kl, mask, run.aux, run.gap, run.binned, run.log_alpha, run.reward_nll)
+                         bin_width=bin_width, log_weights=log_weights, kl_weight=kl_weight, kl_groups=kl_groups)
+    return SequenceTerms(run.recon, run.kl, mask, run.aux, run.gap, run.binned, run.log_alpha, run.reward_nll,
+                         run.kl_groups)
 
 
 def particle_bound(model: Any, inference: Any, x: Tensor, mask: Tensor, num_particles: int = 1,
@@ -246,10 +256,18 @@ def bound(model: Any, inference: Any, x: Tensor, mask: Tensor, which: Bound, par
 
 class Objective(NamedTuple):
     """What one training step minimizes: the free energy (``bound`` elbo, analytic KL, KL weight
-    ``kl_weight``) or -log p_hat of IWAE / FIVO with ``particles``."""
+    ``kl_weight``, optionally free bits) or -log p_hat of IWAE / FIVO with ``particles``.
+
+    Free bits (Kingma et al. 2016; PlaNet's "free nats"): z's dimensions split into ``free_bits_groups``
+    equal groups, and each group's KL per step and sequence counts as max(``free_bits``, KL_group) in the
+    loss, so that below lambda nats the KL exerts no pull towards the prior. Clamped per example, as
+    PlaNet does (Kingma et al. clamp the minibatch mean); the reported free energy is the true one.
+    """
     bound: Bound
     particles: int = 1
     kl_weight: float = 1.0
+    free_bits: float = 0.0
+    free_bits_groups: int = 1
 
 
 class TrainTerms(NamedTuple):
@@ -263,9 +281,13 @@ def training_terms(model: Any, inference: Any, x: Tensor, mask: Tensor, objectiv
                    inputs: Optional[Tensor] = None, rewards: Optional[Tensor] = None) -> TrainTerms:
     """The summed training loss of one batch (module docstring) and its parts."""
     if objective.bound.name == "elbo":
+        groups = objective.free_bits_groups if objective.free_bits > 0 else 0
         terms = filter_sequence(model, inference, x, mask, inputs=inputs, rewards=rewards,
-                                kl_weight=objective.kl_weight)
-        value = (terms.recon + objective.kl_weight * terms.kl).sum()
+                                kl_weight=objective.kl_weight, kl_groups=groups)
+        kl = terms.kl
+        if groups:   # padding: clamp real steps only
+            kl = (terms.kl_groups.clamp_min(objective.free_bits) * mask.unsqueeze(-1)).sum(-1)
+        value = (terms.recon + objective.kl_weight * kl).sum()
         total = value if terms.aux is None else value + terms.aux.sum()
         return TrainTerms(total, float(value.detach()), float(terms.recon.detach().sum()),
                           float(terms.kl.detach().sum()))

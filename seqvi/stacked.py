@@ -82,19 +82,22 @@ def rows(per_step: list, keep: Optional[Tensor]) -> Any:
 
 
 def put(values: Tensor, keep: Optional[Tensor], mask: Tensor) -> Tensor:
-    """(real rows,) -> (B, T), zero on padding."""
+    """(real rows, ...) -> (B, T, ...), zero on padding."""
+    shape = (*mask.shape, *values.shape[1:])
     if keep is None:
-        return values.view(mask.shape) * mask
-    return values.new_zeros(mask.numel()).index_put((keep,), values).view(mask.shape)
+        return values.view(shape) * mask.view(*mask.shape, *[1] * (values.dim() - 1))
+    return values.new_zeros(mask.numel(), *values.shape[1:]).index_put((keep,), values).view(shape)
 
 
 def score_path(model: Any, path: Path, x: Tensor, mask: Tensor, *, log_weights: bool = False,
-               bin_width: float | None = None, rewards: Optional[Tensor] = None) -> StepTerms:
-    """``seqvi.free_energy.score`` on every real step of the path at once -> terms (B, T), 0 on padding."""
+               bin_width: float | None = None, rewards: Optional[Tensor] = None, kl_groups: int = 0) -> StepTerms:
+    """``seqvi.free_energy.score`` on every real step of the path at once -> terms (B, T) (or (B, T, G)),
+    0 on padding."""
     keep = real_rows(mask)
     state = rows(path.states, keep)
     q_z = Normal(rows(path.locs, keep), rows(path.scales, keep), validate_args=False)
     flat = lambda v: v.flatten(0, 1) if keep is None else v.flatten(0, 1).index_select(0, keep)  # noqa: E731
     terms = score(model, state, rows(path.zs, keep), q_z, model.prior(state), flat(x),
-                  log_weights=log_weights, bin_width=bin_width, rewards=None if rewards is None else flat(rewards))
+                  log_weights=log_weights, bin_width=bin_width, rewards=None if rewards is None else flat(rewards),
+                  kl_groups=kl_groups)
     return StepTerms(*(None if v is None else put(v, keep, mask) for v in terms))

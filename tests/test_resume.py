@@ -96,3 +96,18 @@ def test_kernels_and_reference_path_resume_exactly(tiny_store, tmp_path, model, 
     other = params(tmp_path / "c")
     for key, value in params(tmp_path / "a").items():
         torch.testing.assert_close(other[key], value, rtol=1e-3, atol=1e-4)
+
+
+def test_avf_levers_resume_exactly(tiny_store, tmp_path):
+    """AVF with every option (observation and error inputs, annealing, an encoder start), free bits, and
+    q's own learning rate and clipping: a crash mid-epoch resumes bitwise."""
+    raw = tiny_recipe(tiny_store, epochs=2, checkpoint_every=1, inference_lr=0.003, inference_clip_grad=0.5)
+    raw["inference"] = {"name": "avf", "iterations": 2, "hidden_size": 8, "init": "encoder",
+                        "inputs": ["gradients", "parameters", "observation", "errors"], "anneal": True}
+    raw["objective"] = {"kl_anneal_epochs": 2, "free_bits": 0.2}
+    recipe = recipe_from_dict(raw)
+    train(recipe, tmp_path / "a", device="cpu")
+    with pytest.raises(Crash):
+        train(recipe, tmp_path / "b", device="cpu", events=crash_at(4))
+    assert train(recipe, tmp_path / "b", device="cpu").resumed_step == 3
+    assert_same(params(tmp_path / "a"), params(tmp_path / "b"))

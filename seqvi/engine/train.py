@@ -56,7 +56,7 @@ from seqvi.engine import checkpoint, distributed, runs
 from seqvi.engine.evaluate import evaluate
 from seqvi.engine.status import INTERRUPT_EXIT, REQUEUE_EXIT, Interrupted, Lifecycle, Preempted
 from seqvi.engine.setup import DataSpec, build, open_store, resolve_device
-from seqvi.errors import CheckpointError, SeqviError
+from seqvi.errors import CheckpointError, RecipeError, SeqviError
 from seqvi.free_energy import noise_shard
 from seqvi.objectives import BOUNDS, Objective, TrainTerms, kl_weight, training_terms
 
@@ -156,6 +156,11 @@ def _loop(recipe: Recipe, run_dir: Path, dist: distributed.Dist, dev: torch.devi
     model, inference = build(recipe, spec, dev, source)
     theta, phi = list(model.parameters()), list(inference.parameters())
     trainee = Trainee(model, inference, theta + phi)
+    obj = recipe.objective
+    if obj.free_bits > 0 and model.z_dim % obj.free_bits_groups:
+        raise RecipeError(f"{source}: 'objective.free_bits_groups' = {obj.free_bits_groups} does not divide the "
+                          f"model's z size {model.z_dim}")
+    objective = lambda beta: Objective(bound, particles, beta, obj.free_bits, obj.free_bits_groups)  # noqa: E731
     # Adam is per parameter, so two groups are two optimizers with their own rates.
     optimizer = torch.optim.Adam([{"params": theta, "lr": cfg.lr},
                                   {"params": phi, "lr": cfg.inference_lr or cfg.lr}])
@@ -231,7 +236,8 @@ def _loop(recipe: Recipe, run_dir: Path, dist: distributed.Dist, dev: torch.devi
                                    rows=distributed.rows(dist, len(order[b])))
                 rows = torch.arange(len(order[b]))[distributed.rows(dist, len(order[b]))]
                 with noise_shard(rows, len(order[b])):
-                    stats = train_step(trainee, batch.to(dev), Objective(bound, particles, beta), dist, cfg.clip_grad)
+                    stats = train_step(trainee, batch.to(dev), objective(beta), dist, cfg.clip_grad,
+                                       cfg.inference_clip_grad)
                 real_steps, finite = stats.steps, stats.finite
                 loss_sum = stats.loss
                 if not finite:
@@ -339,9 +345,10 @@ class StepStats(NamedTuple):
 
 
 def train_step(trainee: Trainee, batch: Batch, objective: Objective, dist: distributed.Dist,
-               clip_grad: float) -> StepStats:
+               clip_grad: float, clip_inference: float | None = None) -> StepStats:
     """Forward and backward of this process's share of one batch: one ``loss.backward()``, gradients
-    all-reduced and clipped. The optimizer step is the caller's."""
+    all-reduced and clipped (one joint norm, or with ``clip_inference`` q's parameters on their own, as
+    two optimizers would). The optimizer step is the caller's."""
     x, mask = batch.x, batch.mask
     local = TrainTerms(x.new_zeros(()), 0.0, 0.0, 0.0)
     if x.shape[0] > 0:
@@ -358,16 +365,23 @@ def train_step(trainee: Trainee, batch: Batch, objective: Objective, dist: distr
     if x.shape[0] > 0:
         (local.loss_sum / max(count, 1.0)).backward()
     distributed.all_reduce_gradients(dist, trainee.params)
-    norm = _grad_norm(trainee.params, clip_grad)
+    if clip_inference is None:
+        norm = _clip(trainee.params, clip_grad)
+    else:
+        phi = {id(p) for p in trainee.inference.parameters()}
+        norm = math.hypot(_clip([p for p in trainee.params if id(p) not in phi], clip_grad),
+                          _clip([p for p in trainee.params if id(p) in phi], clip_inference))
     return StepStats(total, recon, kl, int(count), True, norm)
 
 
-def _grad_norm(params: list, clip_grad: float) -> float:
-    """The global gradient norm; clipped to ``clip_grad`` when that is positive."""
-    if clip_grad > 0:
-        return float(torch.nn.utils.clip_grad_norm_(params, clip_grad))
+def _clip(params: list, max_norm: float) -> float:
+    """The gradient norm of ``params`` before clipping; clipped to ``max_norm`` when that is positive."""
     grads = [p.grad for p in params if p.grad is not None]
-    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
+    if not grads:
+        return 0.0
+    if max_norm > 0:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
 
 
 def _mark_preempted(dist: distributed.Dist, marker: Path, step: int) -> None:
