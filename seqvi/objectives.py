@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from seqvi import stacked
-from seqvi.free_energy import map_state, repeat_rows, reparameterize, score
+from seqvi.free_energy import StepTerms, map_state, repeat_rows, reparameterize, score
 from seqvi.nn import enabled
 
 
@@ -129,18 +129,12 @@ class _Weights:
         return (ancestors * B + torch.arange(B, device=done.device)).reshape(-1), done
 
 
-@dataclass
-class _Pass:
-    recon: Tensor            # (K*B, T)
-    kl: Tensor
-    aux: Optional[Tensor]
-    gap: Optional[Tensor]
-    binned: Optional[Tensor]
-    reward_nll: Optional[Tensor]
-    kl_groups: Optional[Tensor]
-    log_alpha: Tensor        # (K*B, T)
-    increments: Tensor       # (B, T)
-    resampled: Tensor        # (B, T)
+class _Pass(NamedTuple):
+    terms: StepTerms              # each (K*B, T) (or (K*B, T, G)), zero on padding
+    aux: Optional[Tensor]         # (K*B, T) q's own loss, if any
+    gap: Optional[Tensor]         # (K*B, T) F_t drop under refinement, if measured
+    increments: Optional[Tensor]  # (B, T) log p_hat increments, with log-weights
+    resampled: Tensor             # (B, T)
 
 
 def _particle_pass(model: Any, inference: Any, x: Tensor, mask: Tensor, particles: int = 1,
@@ -157,38 +151,29 @@ def _particle_pass(model: Any, inference: Any, x: Tensor, mask: Tensor, particle
     state = model.initial_state(K * B)
     # q's initial state is a deterministic function of each row's x: computed once, repeated K times
     q_state = repeat_rows(inference.initial_state(B, x, mask, kl_weight=kl_weight), K)
+    options = dict(log_weights=log_weights, bin_width=bin_width, kl_groups=kl_groups)
     weights = _Weights(K, B, x)
-    increments, resampled = [], []
     if _stacks(model, x, log_weights, resample and K > 1, refine):
         path = stacked.sample_path(model, inference, xk, state, q_state, uk)
-        terms = stacked.score_path(model, path, xk, maskk, log_weights=log_weights, bin_width=bin_width, rewards=rk,
-                                   kl_groups=kl_groups)
-        if log_weights:
-            for t in range(T):
-                increments.append(weights.add(terms.log_alpha[:, t], mask[:, t]))
+        terms = stacked.score_path(model, path, xk, maskk, rewards=rk, **options)
+        increments = [weights.add(terms.log_alpha[:, t], mask[:, t]) for t in range(T)] if log_weights else []
         aux = torch.stack(path.aux, 1) * maskk if path.aux else None
-        return _Pass(terms.recon, terms.kl, aux, None, terms.recon_binned, terms.reward_nll, terms.kl_groups,
-                     terms.log_alpha,
-                     torch.stack(increments, 1) if increments else None, torch.zeros_like(mask))
-    recon, kl, aux, gap, binned, reward_nll, by_group, log_alpha = [], [], [], [], [], [], [], []
+        return _Pass(terms, aux, None, torch.stack(increments, 1) if increments else None, torch.zeros_like(mask))
+    steps, aux, gap, increments, resampled = [], [], [], [], []
     for t in range(T):
         x_t = xk[:, t]
         state = model.condition(state, None if uk is None else uk[:, t])
         p_z = model.prior(state)
         q = inference.posterior(model, x_t, state, p_z, q_state)
         z = reparameterize(q.q_z)
-        terms = score(model, state, z, q.q_z, p_z, x_t, log_weights=log_weights, bin_width=bin_width,
-                      rewards=None if rk is None else rk[:, t], kl_groups=kl_groups)
-        for store, value in ((recon, terms.recon), (kl, terms.kl), (log_alpha, terms.log_alpha),
-                             (binned, terms.recon_binned), (reward_nll, terms.reward_nll),
-                             (by_group, terms.kl_groups), (aux, q.aux)):
-            if value is not None:
-                store.append(value)
+        steps.append(score(model, state, z, q.q_z, p_z, x_t, rewards=None if rk is None else rk[:, t], **options))
+        if q.aux is not None:
+            aux.append(q.aux)
         if refine is not None:
             before, after = refine(model, q.q_z, p_z, x_t, state)
             gap.append(before - after)
         if log_weights:
-            increments.append(weights.add(terms.log_alpha, mask[:, t]))
+            increments.append(weights.add(steps[-1].log_alpha, mask[:, t]))
         state, q_state = model.advance(state, x_t, z), q.q_state
         done = torch.zeros(B, dtype=torch.bool, device=x.device)
         if resample and K > 1:
@@ -197,9 +182,10 @@ def _particle_pass(model: Any, inference: Any, x: Tensor, mask: Tensor, particle
                 state, q_state = (map_state(lambda s: s[index], s) for s in (state, q_state))
         resampled.append(done.to(x.dtype))
     stack = lambda values: stacked.put(torch.stack(values, 1).flatten(0, 1), None, maskk) if values else None  # noqa: E731
-    return _Pass(stack(recon), stack(kl), stack(aux), stack(gap), stack(binned), stack(reward_nll), stack(by_group),
-                 stack(log_alpha),
-                 torch.stack(increments, 1) if increments else None, torch.stack(resampled, 1))
+    terms = StepTerms(*(stack([getattr(s, name) for s in steps]) if getattr(steps[0], name) is not None else None
+                        for name in StepTerms._fields))
+    return _Pass(terms, stack(aux), stack(gap), torch.stack(increments, 1) if increments else None,
+                 torch.stack(resampled, 1))
 
 
 def _stacks(model: Any, x: Tensor, log_weights: bool, resample: bool, refine: Optional[Callable]) -> bool:
@@ -231,8 +217,9 @@ def filter_sequence(model: Any, inference: Any, x: Tensor, mask: Tensor, *, inpu
     """
     run = _particle_pass(model, inference, x, mask, inputs=inputs, rewards=rewards, refine=refine,
                          bin_width=bin_width, log_weights=log_weights, kl_weight=kl_weight, kl_groups=kl_groups)
-    return SequenceTerms(run.recon, run.kl, mask, run.aux, run.gap, run.binned, run.log_alpha, run.reward_nll,
-                         run.kl_groups)
+    terms = run.terms
+    return SequenceTerms(terms.recon, terms.kl, mask, run.aux, run.gap, terms.recon_binned, terms.log_alpha,
+                         terms.reward_nll, terms.kl_groups)
 
 
 def particle_bound(model: Any, inference: Any, x: Tensor, mask: Tensor, num_particles: int = 1,
