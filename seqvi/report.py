@@ -306,7 +306,7 @@ def plot_learning_curves(comparison: Any, path: Path) -> Path:
     return _save(plt, fig, path)
 
 
-def iteration_table(curve: np.ndarray, split: str, trained: int | None = None) -> Table:
+def iteration_table(curve: np.ndarray, split: str, trained: int | None = None, start: str = "prior") -> Table:
     """AVF's free energy per step after each inference iteration (0 = the prior); ``trained``: the
     iterations the network was trained with."""
     caption = f"the network was trained with {trained} iteration{'s' if trained != 1 else ''} per step" if trained else None
@@ -315,7 +315,7 @@ def iteration_table(curve: np.ndarray, split: str, trained: int | None = None) -
     table.add_column("free energy", justify="right")
     table.add_column("change", justify="right")
     for k, value in enumerate(curve):
-        table.add_row("0 (prior)" if k == 0 else str(k), f"{value:.4f}",
+        table.add_row(f"0 ({start})" if k == 0 else str(k), f"{value:.4f}",
                       "" if k == 0 else f"{value - curve[k - 1]:+.4f}")
     return table
 
