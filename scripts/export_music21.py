@@ -1,7 +1,7 @@
 """Export a corpus that ships with music21 to MIDI in the published zip layout, for seqvi preprocess --source.
 
     python scripts/export_music21.py palestrina OUT [--limit 400]        # Renaissance polyphony
-    python scripts/export_music21.py ryansMammoth OUT [--limit 600]      # folk tunes (ABC collections)
+    python scripts/export_music21.py ryansMammoth OUT --steps-per-beat 2 [--limit 600]   # folk tunes (ABC)
 
 writes ``OUT/<Name>.zip`` holding ``<Name>/{train,valid,test}/*.mid`` (a fixed
 split by a stable hash of each piece's name, about 60/20/20, as the Bach
@@ -10,7 +10,8 @@ grid), so that
 
     SEQVI_MANIFESTS=OUT/manifests seqvi preprocess <name> --source OUT/<Name>.zip
 
-makes a store of real music that none of seqvi's recipes was tuned on. Each
+makes a store of real music that none of seqvi's recipes was tuned on
+(``--steps-per-beat`` 2 is an eighth-note grid, as for Nottingham). Each
 file of the corpus (an ABC file may hold many tunes, an Opus) gives one MIDI
 file per piece; pieces music21 cannot parse or write are skipped and counted.
 """
@@ -51,6 +52,7 @@ def main() -> None:
     parser.add_argument("corpus", help="a folder of music21's corpus, e.g. palestrina, ryansMammoth, monteverdi")
     parser.add_argument("out", type=Path)
     parser.add_argument("--limit", type=int, default=0, help="at most this many pieces")
+    parser.add_argument("--steps-per-beat", type=int, default=1, help="grid steps per quarter note")
     args = parser.parse_args()
     name = args.corpus[0].upper() + args.corpus[1:]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -74,7 +76,8 @@ def main() -> None:
     slug = args.corpus.lower()
     (manifests / f"{slug}.yaml").write_text(
         f"name: {slug}\ntitle: {name} from music21's corpus (scripts/export_music21.py)\nadapter: midi\n"
-        "download: manual\nsteps_per_beat: 1\nresolution: quarter note\n"
+        f"download: manual\nsteps_per_beat: {args.steps_per_beat}\n"
+        f"resolution: {'quarter' if args.steps_per_beat == 1 else f'1/{args.steps_per_beat} quarter'} note\n"
         "licence: >-\n  Encodings shipped with music21 (BSD licence); the music is in the public domain.\n"
         "  Export it with scripts/export_music21.py, then preprocess with --source.\nfiles: []\n")
     print(f"{written} pieces written to {args.out / (name + '.zip')} ({skipped} skipped); "
