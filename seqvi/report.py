@@ -45,7 +45,8 @@ class Bar(Progress):
 
         eval test: 40% (28/70)  0:12 elapsed, about 0:18 left
 
-    The ETA is the rate since the task started (or since a resumed task's starting point)."""
+    The ETA is the rate since the task started (``since``: when its work began, if before ``add_task``;
+    a task that starts part-way, a resumed training, counts from its starting point)."""
 
     LINES = 10
 
@@ -55,10 +56,11 @@ class Bar(Progress):
         self._marks: dict = {}   # task id -> [tenths printed, completed at the start, start time]
 
     def add_task(self, description: str, start: bool = True, total: float | None = 100.0, completed: int = 0,
-                 visible: bool = True, **fields: Any):
+                 visible: bool = True, since: float | None = None, **fields: Any):
         task_id = super().add_task(description, start=start, total=total, completed=completed, visible=visible,
                                    **fields)
-        self._marks[task_id] = [self._tenths(completed, total), completed, time.monotonic()]
+        self._marks[task_id] = [self._tenths(completed, total), completed,
+                                time.monotonic() if since is None else since]
         return task_id
 
     def update(self, task_id, **kwargs: Any) -> None:
@@ -95,15 +97,19 @@ class Bar(Progress):
 
 
 class FileProgress:
-    """Adapter from the library's ``(name, done, total)`` callbacks to one Rich bar per name."""
+    """Adapter from the library's ``(name, done, total)`` callbacks to one Rich bar per name.
+
+    A name's first callback comes after its first piece of work; the passes run one after another, so
+    its work began at the previous callback (or when this adapter was made): the ETA counts from then."""
 
     def __init__(self, bar: Progress):
-        self.bar, self.tasks = bar, {}
+        self.bar, self.tasks, self.last = bar, {}, time.monotonic()
 
     def __call__(self, name: str, done: int, total: int | None) -> None:
         if name not in self.tasks:
-            self.tasks[name] = self.bar.add_task(name, total=total, info="")
+            self.tasks[name] = self.bar.add_task(name, total=total, info="", since=self.last)
         self.bar.update(self.tasks[name], completed=done, total=total)
+        self.last = time.monotonic()
 
 
 class TrainProgress:

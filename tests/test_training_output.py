@@ -8,6 +8,7 @@ import json
 import math
 import re
 import sys
+import time
 
 import pytest
 import yaml
@@ -209,12 +210,15 @@ def test_progress_bar_prints_tenths_when_not_a_terminal(capsys):
             bar.advance(resumed)
         unknown = bar.add_task("unknown", total=None, info="")
         bar.update(unknown, completed=5)
+        late = bar.add_task("late", total=10, info="", since=time.monotonic() - 100)   # work began 100 s ago
+        bar.update(late, completed=5)
     out = capsys.readouterr().out
     lines = progress_lines(out, "files")
     assert_tenths(lines, 1000)
     assert [int(m["pct"]) for m in lines] == list(range(10, 101, 10))
     assert [int(m["pct"]) for m in progress_lines(out, "resumed")] == [80, 90, 100]
     assert not progress_lines(out, "unknown") and "unknown" not in out
+    assert [m["rest"] for m in progress_lines(out, "late")] == ["  1:40 elapsed, about 1:40 left"]
 
 
 def test_eval_progress_in_a_log(tmp_path, manifests):
