@@ -43,12 +43,16 @@ class Bar(Progress):
     batch job); there, each task prints a plain line when it passes another tenth of its total
     (``LINES`` per task at most, however often it is updated), with the elapsed time and an ETA:
 
-        eval test: 40% (28/70)  0:12 elapsed, about 0:18 left
+        test: free energy: 40% (28/70)  0:12 elapsed, about 0:18 left
+
+    A task says nothing in its first ``QUIET`` seconds: a step that quick needs no progress (and a
+    bad input's error stays the one line it is).
 
     The ETA is the rate since the task started (``since``: when its work began, if before ``add_task``;
     a task that starts part-way, a resumed training, counts from its starting point)."""
 
     LINES = 10
+    QUIET = 2.0
 
     def __init__(self, *columns, **kwargs):
         super().__init__(*columns, **kwargs)
@@ -80,10 +84,10 @@ class Bar(Progress):
         task = self._tasks[task_id]
         mark = self._marks[task_id]
         tenths = self._tenths(task.completed, task.total)
-        if tenths <= mark[0]:
+        elapsed = time.monotonic() - mark[2]
+        if tenths <= mark[0] or elapsed < self.QUIET:
             return
         mark[0] = tenths
-        elapsed = time.monotonic() - mark[2]
         done, total = task.completed, task.total
         if done >= total:
             when = f"done in {_clock(elapsed)}"

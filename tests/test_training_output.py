@@ -99,7 +99,15 @@ def test_epoch_lines_and_metrics_figures(tiny_store, tmp_path):
     assert report["kl_per_step"] == pytest.approx(epochs[-1]["valid_kl_per_step"])
 
 
-def test_train_progress_in_a_log_is_a_line_every_tenth(tiny_store, tmp_path):
+@pytest.fixture
+def eager_progress(monkeypatch):
+    """Progress lines from the first second: the tiny runs here end before Bar.QUIET."""
+    from seqvi.report import Bar
+
+    monkeypatch.setattr(Bar, "QUIET", 0.0)
+
+
+def test_train_progress_in_a_log_is_a_line_every_tenth(tiny_store, tmp_path, eager_progress):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(tiny_store, epochs=8, log_every=5)))   # 3 steps an epoch: 24
     result = run("train", recipe, "--run-dir", tmp_path / "run", "--device", "cpu")
@@ -178,6 +186,11 @@ def test_tensorboard_events_match_metrics_across_a_crash_and_a_resume(tiny_store
     images = board.Images("valid/free_energy_per_step")
     assert [i.step for i in images] == [3, 6, 9] and all(i.width > 100 and i.height > 100 for i in images)
 
+    # turning TensorBoard off (or on) changes what is recorded, not what a step computes: the run resumes
+    off = recipe_from_dict(tiny_recipe(tiny_store, epochs=4, tensorboard=False, checkpoint_every=3))
+    assert train(off, run_dir, device="cpu").resumed_step == 9
+    assert len(list((run_dir / "tensorboard").iterdir())) == 2          # no new event file
+
 
 def test_tensorboard_missing_is_one_line_before_training(tiny_store, tmp_path, monkeypatch):
     for name in [m for m in sys.modules if m == "tensorboard" or m.startswith(("tensorboard.", "torch.utils.tensorboard"))]:
@@ -197,11 +210,15 @@ def test_tensorboard_missing_is_one_line_before_training(tiny_store, tmp_path, m
 # --------------------------------------------------------------------------- progress of other long steps
 
 
-def test_progress_bar_prints_tenths_when_not_a_terminal(capsys):
-    from seqvi.report import progress_bar
+def test_progress_bar_prints_tenths_when_not_a_terminal(capsys, monkeypatch):
+    from seqvi.report import Bar, progress_bar
 
     with progress_bar() as bar:
         assert bar.plain                                          # pytest's captured stdout is not a terminal
+        quick = bar.add_task("quick", total=10, info="")
+        for done in range(1, 11):
+            bar.update(quick, completed=done)                     # over within Bar.QUIET: says nothing
+        monkeypatch.setattr(Bar, "QUIET", 0.0)
         whole = bar.add_task("files", total=1000, info="")
         for done in range(1, 1001):
             bar.update(whole, completed=done)
@@ -217,11 +234,11 @@ def test_progress_bar_prints_tenths_when_not_a_terminal(capsys):
     assert_tenths(lines, 1000)
     assert [int(m["pct"]) for m in lines] == list(range(10, 101, 10))
     assert [int(m["pct"]) for m in progress_lines(out, "resumed")] == [80, 90, 100]
-    assert not progress_lines(out, "unknown") and "unknown" not in out
+    assert not progress_lines(out, "unknown") and "unknown" not in out and "quick" not in out
     assert [m["rest"] for m in progress_lines(out, "late")] == ["  1:40 elapsed, about 1:40 left"]
 
 
-def test_eval_progress_in_a_log(tmp_path, manifests):
+def test_eval_progress_in_a_log(tmp_path, manifests, eager_progress):
     from seqvi.data.prepare import preprocess
 
     root = tmp_path / "data"
@@ -241,7 +258,7 @@ def test_eval_progress_in_a_log(tmp_path, manifests):
     assert not math.isnan(json.loads((tmp_path / "run" / "eval" / "test.json").read_text())["nats_per_step"])
 
 
-def test_music21_export_progress_in_a_log(tmp_path):
+def test_music21_export_progress_in_a_log(tmp_path, eager_progress):
     pytest.importorskip("music21")
     result = run("download", "bach-chorales", "--root", tmp_path, "--limit", "12")
     assert result.exit_code == 0, result.output
