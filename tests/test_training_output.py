@@ -205,6 +205,9 @@ def test_tensorboard_missing_is_one_line_before_training(tiny_store, tmp_path, m
         "error: train.tensorboard: true needs the tensorboard package: pip install 'seqvi[tensorboard]' (or set "
         "train.tensorboard=false)"]
     assert not (tmp_path / "run").exists()                        # nothing started, nothing written
+    result = run("sweep", recipe, "train.tensorboard=true,false", "--runs", tmp_path / "sweeps", "--device", "cpu")
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "seqvi[tensorboard]" in result.output
+    assert not (tmp_path / "sweeps").exists()                     # refused before the first point trains
 
 
 # --------------------------------------------------------------------------- progress of other long steps
@@ -242,19 +245,19 @@ def test_eval_progress_in_a_log(tmp_path, manifests, eager_progress):
     from seqvi.data.prepare import preprocess
 
     root = tmp_path / "data"
-    make_corpus(root / "raw" / "tiny", counts=(6, 2, 25))
+    make_corpus(root / "raw" / "tiny", counts=(6, 2, 14))
     preprocess("tiny", str(root))
     raw = tiny_recipe(root, epochs=1)
     raw["inference"] = {"name": "avf", "iterations": 1, "hidden_size": 8}
-    raw["data"]["eval_batch_size"] = 1                            # 25 updates per pass
+    raw["data"]["eval_batch_size"] = 1                            # 14 updates per pass
     train(recipe_from_dict(raw), tmp_path / "run", device="cpu")
-    result = run("eval", "--checkpoint", tmp_path / "run", "--bound", "iwae", "--particles", "2", "--refine", "2",
+    result = run("eval", "--checkpoint", tmp_path / "run", "--bound", "iwae", "--particles", "2", "--refine", "1",
                  "--iterations", "2", "--device", "cpu")
     assert result.exit_code == 0, result.output
-    assert_tenths(progress_lines(result.output, "test: free energy, -IWAE(2), gap (2 refinement steps)"), 25)
-    assert_tenths(progress_lines(result.output, "test: AVF curve, 2 iterations"), 25)
+    assert_tenths(progress_lines(result.output, "test: free energy, -IWAE(2), gap (1 refinement step)"), 14)
+    assert_tenths(progress_lines(result.output, "test: AVF curve, 2 iterations"), 14)
     every = [m for m in map(PROGRESS.match, result.output.splitlines()) if m]
-    assert len(every) <= 20 and all(m["total"] == "25" for m in every)
+    assert len(every) <= 20 and all(m["total"] == "14" for m in every)
     assert not math.isnan(json.loads((tmp_path / "run" / "eval" / "test.json").read_text())["nats_per_step"])
 
 

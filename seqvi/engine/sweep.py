@@ -154,6 +154,10 @@ def sweep(recipe: Path, *, seeds: list[int], grid_items: list[str], runs: Path =
     grid = parse_grid(grid_items)
     todo = points(recipe, grid, list(dict.fromkeys(seeds)), Path(runs))
     specs = [load_recipe(recipe, p.overrides, check=validate_sections) for p in todo]   # every point, first
+    if sbatch is None and any(spec.train.tensorboard for spec in specs):
+        from seqvi.engine.board import require
+
+        require()
     sbatch_exe = _sbatch_program() if sbatch is not None else None
     if sbatch is not None and not Path(sbatch).is_file():
         raise SeqviError(f"--sbatch {sbatch}: no such batch script (e.g. scripts/slurm/train.sbatch)")
