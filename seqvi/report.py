@@ -96,7 +96,7 @@ class Bar(Progress):
             left = f"about {_clock((total - done) / rate)} left" if rate > 0 else "ETA unknown"
             when = f"{_clock(elapsed)} elapsed, {left}"
         info = task.fields.get("info") or ""
-        self.console.print(f"{task.description}: {100 * done / total:.0f}% ({done:,.0f}/{total:,.0f})"
+        self.console.print(f"{task.description}: {int(100 * done / total)}% ({done:,.0f}/{total:,.0f})"
                            f"{'  ' + info if info else ''}  {when}", markup=False)
 
 
