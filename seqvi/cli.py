@@ -167,19 +167,26 @@ def train(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     Stops after a whole step with checkpoints/last.pt written, and a rerun resumes: on SIGTERM/SIGUSR1
     (exit 75, requeue), on Ctrl-C (exit 130; a second Ctrl-C aborts at once), when train.max_minutes is
     used up (exit 0) and after train.patience epochs without a better validation (exit 0).
+
+    Output: one line per epoch (train loss with its recon and KL parts and the KL weight, valid free energy
+    and KL, gradient norm, learning rate, time; all in nats per time step; "posterior collapse: z unused"
+    when the valid KL is below 0.01 nats/step), in a terminal or not. In a terminal a live bar shows the
+    step and loss; in a log (not a terminal) it is a plain line every ~10% of the steps with an ETA. Every
+    figure also goes to RUN/metrics.jsonl, and to TensorBoard (RUN/tensorboard/) with train.tensorboard=true.
     """
     if nproc > 1:
         raise typer.Exit(_launch_torchrun(nproc, recipe, overrides or [], run_dir, device, threads, force))
     from seqvi.config import load_recipe
     from seqvi.engine.setup import configure_threads, validate_sections
     from seqvi.engine.train import train as run_train
-    from seqvi.report import TrainProgress, console, progress_bar, train_summary
+    from seqvi.report import TrainProgress, console, free_energy_figure, progress_bar, train_summary
 
     configure_threads(threads)
     spec = load_recipe(recipe, overrides or [], check=validate_sections)
     target = run_dir or Path("runs") / recipe.stem
     with progress_bar() as bar:
-        result = run_train(spec, target, device=device, force=force, events=TrainProgress(bar), source=str(recipe))
+        result = run_train(spec, target, device=device, force=force, events=TrainProgress(bar), source=str(recipe),
+                           picture=free_energy_figure)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 reports
     console.print(train_summary(result, spec.train))
@@ -198,16 +205,22 @@ def eval_(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run directo
           refine_lr: float = typer.Option(0.05, "--refine-lr", help="Step size of the refinement."),
           device: str = DeviceOpt, threads: Optional[int] = ThreadsOpt,
           seed: int = typer.Option(0, "--seed", help="Seed for the posterior samples.")) -> None:
-    """Free energy of a split per time step (nats/step, nats/sequence), optional bounds and gap."""
+    """Free energy of a split per time step (nats/step, nats/sequence), optional bounds and gap.
+
+    Progress: a bar per pass (the free energy with its bounds and gap, AVF's per-iteration curve); in a
+    log (not a terminal) a plain line every ~10% of the sequences with an ETA."""
     from seqvi.engine.evaluate import evaluate_run
     from seqvi.engine.run import load_run
     from seqvi.engine.setup import configure_threads
-    from seqvi.report import console, eval_table, iteration_table, plot_free_energy, plot_iterations
+    from seqvi.report import (FileProgress, console, eval_table, iteration_table, plot_free_energy, plot_iterations,
+                              progress_bar)
 
     configure_threads(threads)
     run = load_run(checkpoint, device)
-    out = evaluate_run(run, split, bound=bound, particles=particles, iterations=iterations, refine_steps=refine,
-                       refine_lr=refine_lr, seed=seed, json_out=json_out)
+    with progress_bar() as bar:
+        out = evaluate_run(run, split, bound=bound, particles=particles, iterations=iterations,
+                           refine_steps=refine, refine_lr=refine_lr, seed=seed, json_out=json_out,
+                           progress=FileProgress(bar))
     result, name = out["result"], f"{split}-{out['tag']}"
     console.print(f"checkpoint: {run.checkpoint} (epoch {run.epoch}, step {run.step})")
     console.print(eval_table(result, per_step))
@@ -290,7 +303,7 @@ def sweep(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     """Train a grid of overrides x seeds one run after another, then evaluate each; a rerun resumes the sweep."""
     from seqvi.engine.setup import configure_threads
     from seqvi.engine.sweep import split_seeds, sweep as run_sweep
-    from seqvi.report import SweepProgress, TrainProgress, console, progress_bar, sweep_table
+    from seqvi.report import SweepProgress, TrainProgress, console, free_energy_figure, progress_bar, sweep_table
 
     seed_list, grid_items = split_seeds(seeds, grid or [])
     split, evaluate = _eval_in_process(eval_args)
@@ -298,7 +311,7 @@ def sweep(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     with progress_bar() as bar:
         result = run_sweep(recipe, seeds=seed_list, grid_items=grid_items, runs=runs_dir, device=device,
                            evaluate=evaluate, eval_split=split, eval_args=eval_args, sbatch=sbatch,
-                           events=SweepProgress(), train_events=TrainProgress(bar))
+                           events=SweepProgress(), train_events=TrainProgress(bar), picture=free_energy_figure)
     console.print(sweep_table(result))
     if result.failed:
         raise SeqviError(f"{len(result.failed)} of {len(result.outcomes)} runs failed (table above); "

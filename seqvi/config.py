@@ -67,6 +67,7 @@ class TrainConfig:
     valid_split: str = "valid"
     patience: int = 0                # stop after this many epochs without a better valid; 0 = never
     max_minutes: float = 0.0         # wall-clock budget of one `train` call; 0 = none (see engine/train.py)
+    tensorboard: bool = False        # also write TensorBoard events to RUN/tensorboard/ (the tensorboard extra)
 
 
 @dataclass(frozen=True)

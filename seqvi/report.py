@@ -7,6 +7,7 @@ print. Plots use matplotlib's Agg backend, imported when a plot is drawn.
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,29 +25,103 @@ if not console.is_terminal:  # logs and pipes: tables keep their numbers whole
 # --------------------------------------------------------------------------- progress
 
 
-def progress_bar() -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=console, transient=False, disable=not console.is_terminal)
+def progress_bar() -> "Bar":
+    """Every progress bar of seqvi: Rich's live bar in a terminal, a plain line every ~10% elsewhere."""
+    return Bar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+               console=console, transient=False, disable=not console.is_terminal)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class Bar(Progress):
+    """Rich's progress bar, which draws nothing when output is not a terminal (a log file, a pipe, a
+    batch job); there, each task prints a plain line when it passes another tenth of its total
+    (``LINES`` per task at most, however often it is updated), with the elapsed time and an ETA:
+
+        test: free energy: 40% (28/70)  0:12 elapsed, about 0:18 left
+
+    A task says nothing in its first ``QUIET`` seconds: a step that quick needs no progress (and a
+    bad input's error stays the one line it is).
+
+    The ETA is the rate since the task started (``since``: when its work began, if before ``add_task``;
+    a task that starts part-way, a resumed training, counts from its starting point)."""
+
+    LINES = 10
+    QUIET = 2.0
+
+    def __init__(self, *columns, **kwargs):
+        super().__init__(*columns, **kwargs)
+        self.plain = self.disable
+        self._marks: dict = {}   # task id -> [tenths printed, completed at the start, start time]
+
+    def add_task(self, description: str, start: bool = True, total: float | None = 100.0, completed: int = 0,
+                 visible: bool = True, since: float | None = None, **fields: Any):
+        task_id = super().add_task(description, start=start, total=total, completed=completed, visible=visible,
+                                   **fields)
+        self._marks[task_id] = [self._tenths(completed, total), completed,
+                                time.monotonic() if since is None else since]
+        return task_id
+
+    def update(self, task_id, **kwargs: Any) -> None:
+        super().update(task_id, **kwargs)
+        self._line(task_id)
+
+    def advance(self, task_id, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._line(task_id)
+
+    def _tenths(self, completed: float, total: float | None) -> int:
+        return int(self.LINES * min(completed / total, 1.0)) if total else 0
+
+    def _line(self, task_id) -> None:
+        if not self.plain:
+            return
+        task = self._tasks[task_id]
+        mark = self._marks[task_id]
+        tenths = self._tenths(task.completed, task.total)
+        elapsed = time.monotonic() - mark[2]
+        if tenths <= mark[0] or elapsed < self.QUIET:
+            return
+        mark[0] = tenths
+        done, total = task.completed, task.total
+        if done >= total:
+            when = f"done in {_clock(elapsed)}"
+        else:
+            rate = (done - mark[1]) / max(elapsed, 1e-9)
+            left = f"about {_clock((total - done) / rate)} left" if rate > 0 else "ETA unknown"
+            when = f"{_clock(elapsed)} elapsed, {left}"
+        info = task.fields.get("info") or ""
+        self.console.print(f"{task.description}: {int(100 * done / total)}% ({done:,.0f}/{total:,.0f})"
+                           f"{'  ' + info if info else ''}  {when}", markup=False)
 
 
 class FileProgress:
-    """Adapter from the library's ``(name, done, total)`` callbacks to one Rich bar per name."""
+    """Adapter from the library's ``(name, done, total)`` callbacks to one Rich bar per name.
+
+    A name's first callback comes after its first piece of work; the passes run one after another, so
+    its work began at the previous callback (or when this adapter was made): the ETA counts from then."""
 
     def __init__(self, bar: Progress):
-        self.bar, self.tasks = bar, {}
+        self.bar, self.tasks, self.last = bar, {}, time.monotonic()
 
     def __call__(self, name: str, done: int, total: int | None) -> None:
         if name not in self.tasks:
-            self.tasks[name] = self.bar.add_task(name, total=total, info="")
+            self.tasks[name] = self.bar.add_task(name, total=total, info="", since=self.last)
         self.bar.update(self.tasks[name], completed=done, total=total)
+        self.last = time.monotonic()
 
 
 class TrainProgress:
-    """Renders the engine's training events: a bar with the live loss, a line per epoch."""
+    """Renders the engine's training events: a bar with the live loss, a line per epoch (``epoch_line``),
+    in a terminal or not; in a log the bar becomes a line every ~10% of the steps (``Bar``)."""
 
     def __init__(self, bar: Progress):
-        self.bar, self.task = bar, None
+        self.bar, self.task, self.epochs = bar, None, None
 
     def __call__(self, kind: str, info: dict) -> None:
         if kind == "start":
@@ -55,17 +130,57 @@ class TrainProgress:
             if info.get("resumed_step") is not None:
                 console.print(f"resuming {info['run_dir']} at step {info['resumed_step']}")
             console.print(f"{info['parameters']:,} parameters on {info['device']}")
+            if info.get("tensorboard"):
+                console.print(f"TensorBoard: tensorboard --logdir {info['tensorboard']}")
+            self.epochs = info.get("epochs")
             self.task = self.bar.add_task("train", total=info["total_steps"], completed=info["step"], info="")
         elif kind == "step":
             self.bar.update(self.task, completed=info["step"],
                             info=f"epoch {info['epoch']}  loss {info['loss']:.3f}")
         elif kind == "epoch":
-            mark = " [green]best[/]" if info["best"] else ""
-            line = f"epoch {info['epoch']:>4}  valid {info['valid_nats_per_step']:.4f} nats/step{mark}"
-            if console.is_terminal:
-                self.bar.console.print(line)
-            elif info["epoch"] == 1 or info["best"] or info["epoch"] % 10 == 0:
-                console.print(line)
+            self.bar.console.print(epoch_line(info, self.epochs))
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def epoch_line(record: dict, epochs: int | None = None) -> str:
+    """One line per epoch from its metrics.jsonl record (nats per time step throughout):
+
+        epoch  3/10  train 8.214 (recon 7.512, KL 0.702, β 1.00)  valid 8.105 (KL 0.712) best
+          |grad| 3.21 mean, 9.84 max  lr 0.001  4.1 s + valid 0.3 s, 1,234 steps/s
+
+    (one line; wrapped here). The train figures are the epoch's means over its real time steps,
+    loss = recon + β KL (the objective trained, KL-annealed), or a particle bound's (no parts).
+    "lr p .. q .." when q's rate differs; "posterior collapse: z unused" when the valid KL per step is
+    below COLLAPSE_KL."""
+    r = record
+    width = len(str(epochs)) if epochs else 4
+    where = f"epoch {r['epoch']:>{width}}" + (f"/{epochs}" if epochs else "")
+    train = f"train {_num(r.get('train_loss'))}"
+    if r.get("train_recon") is not None and r.get("train_kl") is not None:
+        train += f" (recon {_num(r['train_recon'])}, KL {_num(r['train_kl'])}, β {_num(r.get('kl_weight'), 2)})"
+    valid = f"valid {r['valid_nats_per_step']:.4f}"
+    if r.get("valid_kl_per_step") is not None:
+        valid += f" (KL {r['valid_kl_per_step']:.3f})"
+    valid += " [green]best[/]" if r.get("best") else ""
+    parts = [where, train, valid]
+    if r.get("grad_norm_mean") is not None:
+        parts.append(f"|grad| {r['grad_norm_mean']:.3g} mean, {r['grad_norm_max']:.3g} max")
+    lr, lr_q = r.get("lr"), r.get("lr_q")
+    if lr is not None:
+        parts.append(f"lr {lr:.3g}" if lr_q is None or lr_q == lr else f"lr p {lr:.3g} q {lr_q:.3g}")
+    if r.get("epoch_seconds") is not None:
+        train_s = r["epoch_seconds"] - r.get("valid_seconds", 0.0)
+        parts.append(f"{train_s:.1f} s + valid {r.get('valid_seconds', 0.0):.1f} s, "
+                     f"{r.get('steps_per_second', 0.0):,.0f} steps/s")
+    if r.get("nonfinite_batches"):
+        parts.append(f"[yellow]{r['nonfinite_batches']} non-finite batches skipped[/]")
+    note = collapse_note(r["valid_kl_per_step"]) if r.get("valid_kl_per_step") is not None else ""
+    if note:
+        parts.append(f"[bold yellow]{note}[/]")
+    return "  ".join(parts)
 
 
 def train_summary(result: Any, cfg: Any) -> str:
@@ -124,7 +239,7 @@ def buckets(length: int) -> list[tuple[int, int]]:
     return [r for r in rows if r[0] <= length]
 
 
-COLLAPSE_KL = 0.01   # nats per step: below it, z carries (almost) nothing
+from seqvi.engine.compare import COLLAPSE_KL  # noqa: E402  (no torch; nats per step: below it, z carries nothing)
 
 
 def collapse_note(kl_per_step: float) -> str:
@@ -385,6 +500,11 @@ def _pyplot():
 
 def plot_free_energy(result: Any, path: Path) -> Path:
     """PNG of the mean free energy, reconstruction and KL per active sequence against t."""
+    return _save(_pyplot(), free_energy_figure(result), path)
+
+
+def free_energy_figure(result: Any):
+    """The figure of ``plot_free_energy`` (also TensorBoard's ``valid/free_energy_per_step``)."""
     plt = _pyplot()
     active = np.maximum(result.active, 1)
     t = np.arange(1, len(active) + 1)
@@ -400,7 +520,8 @@ def plot_free_energy(result: Any, path: Path) -> Path:
     twin = ax.twinx()
     twin.fill_between(t, result.active, color="grey", alpha=0.12, step="mid")
     twin.set_ylabel("active sequences")
-    return _save(plt, fig, path)
+    fig.tight_layout()
+    return fig
 
 
 def plot_samples(adapter: str, x: np.ndarray, path: Path, primed: int = 0) -> Path:

@@ -209,7 +209,8 @@ def evaluate_run(run: Any, split: str, *, bound: str = "none", particles: int = 
     per-iteration free energy, or None), ``json`` (``<run>/eval/<split>-<checkpoint>.json``, e.g.
     ``test-best.json``, so that evaluating best.pt and last.pt keeps both; a copy at
     ``<run>/eval/<split>.json`` is the latest, and one at ``json_out`` if given) and ``tag`` (the
-    checkpoint's name). ``progress(task, done, total)`` reports the passes."""
+    checkpoint's name). ``progress(task, done, total)`` reports the passes in sequences: the free energy
+    (with the bounds and the gap, computed batch by batch in the same pass), then AVF's curve."""
     bounds = bound_choices(bound)
     inference = run.inference
     if iterations is not None:
@@ -217,17 +218,20 @@ def evaluate_run(run: Any, split: str, *, bound: str = "none", particles: int = 
             raise SeqviError(f"--iterations: the run's inference '{run.recipe.inference['name']}' is not iterative")
         inference.eval_iterations = iterations
     report = (lambda task: (lambda done, total: progress(task, done, total))) if progress else (lambda task: None)
+    passes = ["free energy"] + [b.label(particles) for b in bounds]
+    passes += [f"gap ({refine_steps} refinement step{'s' * (refine_steps != 1)})"] if refine_steps else []
     with run.open_store() as store:
         data = store.split(split)
         result = evaluate(run.model, inference, data, split, device=run.device,
                           batch_size=run.recipe.data.eval_batch_size, seed=seed, bounds=bounds,
                           particles=particles, refine={"steps": refine_steps, "lr": refine_lr} if refine_steps else None,
-                          bin_width=store.attrs.get("bin_width"), progress=report("eval"))
+                          bin_width=store.attrs.get("bin_width"), progress=report(f"{split}: {', '.join(passes)}"))
         curve = None
         if inference.iterative:
-            curve = iteration_curve(run.model, inference, data, iterations=iterations or max(inference.iterations, 5),
+            k = iterations or max(inference.iterations, 5)
+            curve = iteration_curve(run.model, inference, data, iterations=k,
                                     batch_size=run.recipe.data.eval_batch_size, device=run.device, seed=seed,
-                                    progress=report("iterations"))
+                                    progress=report(f"{split}: AVF curve, {k} iterations"))
     tag = run.checkpoint.stem
     payload = {**result.to_dict(), "checkpoint": str(run.checkpoint), "checkpoint_name": tag,
                "epoch": run.epoch, "step": run.step, "trained_iterations": getattr(inference, "iterations", None),

@@ -2,14 +2,16 @@
 
     config.yaml              the resolved recipe (written atomically)
     metrics.jsonl            one JSON object per line, each with "step"
+    tensorboard/             TensorBoard event files (train.tensorboard: true)
     checkpoints/last.pt      latest state; best.pt: lowest validation free energy
     eval/<split>.json        evaluation results
     samples/                 MIDI/PNG samples
     history.jsonl, train.lock, preempted    the run's starts and stops (seqvi/engine/status.py)
 
 Re-running ``train`` on a run directory resumes it when the resolved config is
-the same (``train.epochs``, ``train.patience`` and ``train.max_minutes`` may
-change: they decide when training stops, not what a step computes). A
+the same (``train.epochs``, ``train.patience``, ``train.max_minutes`` and
+``train.tensorboard`` may change: they decide when training stops or what is
+recorded, not what a step computes). A
 different config is refused unless ``force``, which starts the run afresh.
 """
 
@@ -24,7 +26,7 @@ import yaml
 
 from seqvi.errors import SeqviError
 
-RESUMABLE_KEYS = (("train", "epochs"), ("train", "patience"), ("train", "max_minutes"))
+RESUMABLE_KEYS = (("train", "epochs"), ("train", "patience"), ("train", "max_minutes"), ("train", "tensorboard"))
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -88,7 +90,7 @@ def prepare(run_dir: Path, config: dict, force: bool = False) -> tuple[bool, lis
                 f"{' ...' if len(diffs) > 3 else ''}); use another --run-dir or --force to replace it"
             )
         replaced = diffs
-        for name in ("checkpoints", "metrics.jsonl", "history.jsonl", "eval", "samples"):
+        for name in ("checkpoints", "metrics.jsonl", "history.jsonl", "eval", "samples", "tensorboard"):
             target = run_dir / name
             if target.is_dir():
                 shutil.rmtree(target)
@@ -97,6 +99,8 @@ def prepare(run_dir: Path, config: dict, force: bool = False) -> tuple[bool, lis
     else:  # no checkpoint to resume: start clean
         for name in ("metrics.jsonl", "history.jsonl"):
             (run_dir / name).unlink(missing_ok=True)
+        if (run_dir / "tensorboard").is_dir():
+            shutil.rmtree(run_dir / "tensorboard")
     write_config(run_dir, config)
     return False, replaced
 

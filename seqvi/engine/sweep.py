@@ -39,7 +39,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from seqvi.engine.status import SUBMITTED, Interrupted, Preempted, run_status
 from seqvi.errors import RecipeError, SeqviError
@@ -141,8 +141,9 @@ def _slug(value: str) -> str:
 def sweep(recipe: Path, *, seeds: list[int], grid_items: list[str], runs: Path = Path("runs"),
           device: str = "auto", evaluate: Callable[[Path], None] | None = None, eval_split: str = "test",
           eval_args: str = "", sbatch: Path | None = None, events: Events | None = None,
-          train_events: Events | None = None) -> SweepResult:
-    """Train (or submit) and evaluate every point of the grid; see the module docstring."""
+          train_events: Events | None = None, picture: Callable[[Any], Any] | None = None) -> SweepResult:
+    """Train (or submit) and evaluate every point of the grid; see the module docstring. ``train_events``
+    and ``picture`` go to each ``train`` call."""
     from seqvi.config import load_recipe
     from seqvi.engine.setup import validate_sections
 
@@ -153,6 +154,10 @@ def sweep(recipe: Path, *, seeds: list[int], grid_items: list[str], runs: Path =
     grid = parse_grid(grid_items)
     todo = points(recipe, grid, list(dict.fromkeys(seeds)), Path(runs))
     specs = [load_recipe(recipe, p.overrides, check=validate_sections) for p in todo]   # every point, first
+    if sbatch is None and any(spec.train.tensorboard for spec in specs):
+        from seqvi.engine.board import require
+
+        require()
     sbatch_exe = _sbatch_program() if sbatch is not None else None
     if sbatch is not None and not Path(sbatch).is_file():
         raise SeqviError(f"--sbatch {sbatch}: no such batch script (e.g. scripts/slurm/train.sbatch)")
@@ -176,7 +181,7 @@ def sweep(recipe: Path, *, seeds: list[int], grid_items: list[str], runs: Path =
         else:
             outcome.action = "resumed" if (point.run_dir / "checkpoints" / "last.pt").exists() else "trained"
             try:
-                _train_point(spec, point, device, recipe, train_events)
+                _train_point(spec, point, device, recipe, train_events, picture)
             except (Interrupted, Preempted, KeyboardInterrupt):
                 raise
             except SeqviError as err:
@@ -192,10 +197,11 @@ def sweep(recipe: Path, *, seeds: list[int], grid_items: list[str], runs: Path =
     return result
 
 
-def _train_point(spec, point: Point, device: str, recipe: Path, train_events: Events | None) -> None:
+def _train_point(spec, point: Point, device: str, recipe: Path, train_events: Events | None,
+                 picture: Callable[[Any], Any] | None = None) -> None:
     from seqvi.engine.train import train
 
-    train(spec, point.run_dir, device=device, events=train_events, source=str(recipe))
+    train(spec, point.run_dir, device=device, events=train_events, source=str(recipe), picture=picture)
 
 
 def _evaluate(point: Point, evaluate: Callable[[Path], None], split: str, args: str, record: dict,

@@ -17,6 +17,14 @@ Under torchrun, each process takes its rows of every global batch
 (``seqvi.engine.distributed``). The loop reports through ``events`` (a
 callable taking an event name and a dict) and never prints.
 
+What it records (rank 0): ``metrics.jsonl`` gets a step line every
+``train.log_every`` steps (loss, its reconstruction and KL parts, KL weight,
+learning rates, gradient norm before clipping) and an epoch line after each
+validation (the epoch's figures from ``seqvi.engine.tally``, the validation's
+free energy with its reconstruction and KL parts, and timings); the ``epoch``
+event carries the same record. ``train.tensorboard`` writes the same records
+to TensorBoard (``seqvi.engine.board``).
+
 Stopping early, always after a whole step and with ``last.pt`` written, so a
 rerun of the same command resumes exactly:
 
@@ -53,14 +61,17 @@ import torch
 from seqvi.config import Recipe
 from seqvi.data.batches import Batch, crop_batch, epoch_order
 from seqvi.engine import checkpoint, distributed, runs
+from seqvi.engine.board import Board, require as require_tensorboard
 from seqvi.engine.evaluate import evaluate
 from seqvi.engine.status import INTERRUPT_EXIT, REQUEUE_EXIT, Interrupted, Lifecycle, Preempted
 from seqvi.engine.setup import DataSpec, build, open_store, resolve_device
+from seqvi.engine.tally import EpochTally, number
 from seqvi.errors import CheckpointError, RecipeError, SeqviError
 from seqvi.free_energy import noise_shard
 from seqvi.objectives import BOUNDS, Objective, TrainTerms, kl_weight, training_terms
 
 Events = Callable[[str, dict], None]
+Picture = Callable[[Any], Any]   # EvalResult -> a matplotlib figure (TensorBoard's per-step free-energy plot)
 __all__ = ["train", "TrainResult", "Preempted", "Interrupted", "REQUEUE_EXIT", "INTERRUPT_EXIT"]
 
 
@@ -115,17 +126,21 @@ class _StopFlag:
 
 
 def train(recipe: Recipe, run_dir: str | Path, *, device: str = "auto", force: bool = False,
-          events: Events | None = None, source: str = "<recipe>") -> TrainResult:
+          events: Events | None = None, source: str = "<recipe>", picture: Picture | None = None) -> TrainResult:
+    """Train or resume ``run_dir``. ``picture`` draws the validation's per-step free energy for
+    TensorBoard (``seqvi.report.free_energy_figure``; without it the board has scalars only)."""
+    if recipe.train.tensorboard:
+        require_tensorboard()   # before anything starts or is written
     dist = distributed.setup(device)
     try:
         return _train(recipe, Path(run_dir), dist, distributed.device_for(dist, device), force,
-                      events if dist.main else None, source)
+                      events if dist.main else None, source, picture)
     finally:
         distributed.teardown(dist)
 
 
 def _train(recipe: Recipe, run_dir: Path, dist: distributed.Dist, device: str, force: bool,
-           events: Events | None, source: str = "<recipe>") -> TrainResult:
+           events: Events | None, source: str = "<recipe>", picture: Picture | None = None) -> TrainResult:
     called = time.monotonic()
     events = events or (lambda kind, info: None)
     dev = resolve_device(device)
@@ -139,14 +154,15 @@ def _train(recipe: Recipe, run_dir: Path, dist: distributed.Dist, device: str, f
         valid_split = store.split(cfg.valid_split)
         with Lifecycle(run_dir, enabled=dist.main) as life:
             return _loop(recipe, run_dir, dist, dev, force, events, source, spec, train_split, valid_split,
-                         life, deadline=called + 60 * cfg.max_minutes if cfg.max_minutes else None)
+                         life, deadline=called + 60 * cfg.max_minutes if cfg.max_minutes else None,
+                         picture=picture)
     finally:
         store.close()
 
 
 def _loop(recipe: Recipe, run_dir: Path, dist: distributed.Dist, dev: torch.device, force: bool, events: Events,
           source: str, spec: DataSpec, train_split, valid_split, life: Lifecycle,
-          deadline: float | None) -> TrainResult:
+          deadline: float | None, picture: Picture | None = None) -> TrainResult:
     cfg = recipe.train
     bound, particles = BOUNDS[recipe.objective.bound], recipe.objective.particles
     config = recipe.to_dict()
@@ -170,6 +186,7 @@ def _loop(recipe: Recipe, run_dir: Path, dist: distributed.Dist, dev: torch.devi
     result = TrainResult(run_dir, replaced=replaced)
 
     epoch, start_batch, step = 0, 0, 0
+    tally = EpochTally()   # the running epoch's figures (in last.pt: a resumed epoch reports them whole)
     torch.manual_seed(recipe.seed + 1)  # sampling noise stream, distinct from the init stream
     marker = run_dir / "preempted"  # tells a batch script to requeue; cleared when training restarts
     if dist.main:
@@ -191,6 +208,8 @@ def _loop(recipe: Recipe, run_dir: Path, dist: distributed.Dist, dev: torch.devi
             raise CheckpointError(f"{ckpt_dir / 'last.pt'}: cannot resume from it ({checkpoint.reason(err)}); "
                                   f"delete {ckpt_dir} or use another --run-dir to start afresh") from None
         result.resumed_step = step
+        if start_batch:
+            tally = EpochTally.from_state(state.get("tally"))
         if dist.main:
             metrics.truncate_after(step)
 
@@ -201,7 +220,7 @@ def _loop(recipe: Recipe, run_dir: Path, dist: distributed.Dist, dev: torch.devi
                 "inference": inference.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "epoch": epoch_, "batch": batch_, "step": step,
                 "best": result.best_valid, "since_best": result.since_best, "rng": checkpoint.rng_state(),
-                "world_size": dist.world,
+                "world_size": dist.world, "tally": tally.state(),
             }, ckpt_dir / name)
             if name == "last.pt":
                 life.saved(step)
@@ -220,14 +239,18 @@ def _loop(recipe: Recipe, run_dir: Path, dist: distributed.Dist, dev: torch.devi
         return result
     events("start", {"run_dir": str(run_dir), "resumed_step": result.resumed_step, "replaced": replaced,
                      "total_steps": cfg.epochs * batches_per_epoch, "step": step, "world_size": dist.world,
+                     "epochs": cfg.epochs, "tensorboard": str(run_dir / "tensorboard") if cfg.tensorboard else None,
                      "parameters": sum(p.numel() for p in trainee.params), "device": str(dev)})
     life.start(step, epoch, source)
     started = time.perf_counter()
     model.train()
     inference.train()
     halt = None
-    with _StopFlag() as stop:
+    board = Board(run_dir / "tensorboard", enabled=cfg.tensorboard and dist.main, resumed_step=result.resumed_step,
+                  picture=picture)
+    with _StopFlag() as stop, board:
         while epoch < cfg.epochs:
+            tally.start_clock()
             order = epoch_order(train_split, recipe.data.batch_size, recipe.seed, epoch, recipe.data.min_length,
                                 recipe.data.bucket)
             for b in range(start_batch, len(order)):
@@ -240,6 +263,7 @@ def _loop(recipe: Recipe, run_dir: Path, dist: distributed.Dist, dev: torch.devi
                                        cfg.inference_clip_grad)
                 real_steps, finite = stats.steps, stats.finite
                 loss_sum = stats.loss
+                tally.add(loss_sum, stats.recon, stats.kl, real_steps, finite, stats.grad_norm, beta)
                 if not finite:
                     if not cfg.skip_nonfinite:
                         raise SeqviError(f"non-finite loss at step {step + 1} (epoch {epoch + 1}); last good "
@@ -255,8 +279,14 @@ def _loop(recipe: Recipe, run_dir: Path, dist: distributed.Dist, dev: torch.devi
                 value = loss_sum / max(real_steps, 1)
                 events("step", {"step": step, "epoch": epoch + 1, "loss": value})
                 if dist.main and step % cfg.log_every == 0:
-                    metrics.log({"step": step, "epoch": epoch + 1, "loss": value, "kl_weight": beta,
-                                 "lr": optimizer.param_groups[0]["lr"], "finite": finite, "time": time.time()})
+                    lr, lr_q = _rates(optimizer)
+                    per = max(real_steps, 1)
+                    line = {"step": step, "epoch": epoch + 1, "loss": value, "recon": number(stats.recon / per),
+                            "kl": number(stats.kl / per), "kl_weight": beta, "lr": lr, "lr_q": lr_q,
+                            "grad_norm": number(stats.grad_norm), "time_steps": real_steps, "finite": finite,
+                            "time": time.time()}
+                    metrics.log(line)
+                    board.log("train", line)
                 if b + 1 == len(order):
                     break  # the epoch's end validates and checkpoints
                 halt = _agreed_halt(dist, stop.signal, deadline)
@@ -270,19 +300,29 @@ def _loop(recipe: Recipe, run_dir: Path, dist: distributed.Dist, dev: torch.devi
                 break
             start_batch = 0
             epoch += 1
+            trained = tally.train_seconds()
+            figures, (lr, lr_q) = tally.summary(trained), _rates(optimizer)   # the epoch's, before the decay
             scheduler.step()
+            validating = time.perf_counter()
             valid = evaluate(model, inference, valid_split, cfg.valid_split, device=dev,
                              batch_size=recipe.data.eval_batch_size, seed=recipe.seed, dist=dist)
+            valid_seconds = time.perf_counter() - validating
             result.last_valid = valid.nats_per_step
             improved = valid.nats_per_step < result.best_valid
             if improved:
                 result.best_valid = valid.nats_per_step
             result.since_best = 0 if improved else result.since_best + 1
-            record = {"step": step, "epoch": epoch, "valid_nats_per_step": valid.nats_per_step,
-                      "valid_nats_per_sequence": valid.nats_per_sequence, "best": improved,
-                      "lr": optimizer.param_groups[0]["lr"], "time": time.time()}
+            valid_steps = max(valid.steps, 1)
+            record = {"step": step, "epoch": epoch, **figures, "lr": lr, "lr_q": lr_q,
+                      "valid_nats_per_step": valid.nats_per_step, "valid_nats_per_sequence": valid.nats_per_sequence,
+                      "valid_recon_per_step": float(valid.recon.sum()) / valid_steps,
+                      "valid_kl_per_step": float(valid.kl.sum()) / valid_steps, "best": improved,
+                      "valid_seconds": valid_seconds, "epoch_seconds": trained + valid_seconds, "time": time.time()}
+            tally = EpochTally()
             if dist.main:
                 metrics.log(record)  # before the checkpoint: a crash in between drops it on resume
+                board.log("epoch", record)
+                board.validation(valid, step, record["time"])
             save("last.pt", epoch, 0)
             if improved:
                 save("best.pt", epoch, 0)
@@ -303,6 +343,12 @@ def _loop(recipe: Recipe, run_dir: Path, dist: distributed.Dist, dev: torch.devi
     result.step, result.epoch = step, epoch
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _rates(optimizer: torch.optim.Optimizer) -> tuple[float, float]:
+    """The learning rates of p's (theta) and q's (phi) parameters."""
+    groups = optimizer.param_groups
+    return groups[0]["lr"], groups[-1]["lr"]
 
 
 def _agreed_halt(dist: distributed.Dist, signum: int, deadline: float | None) -> str | None:
