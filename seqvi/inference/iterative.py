@@ -21,10 +21,13 @@ The update, written once (``AVF.update``)::
     sgd:       new = prev - s * [g_mu, g_logvar] + out             (the AVF code's learned SGD)
     lambda'    = clamp(new):  mu to [-50, 50],  logvar to [-15, 5]
 
-The network sees only distribution parameters and gradients, never x, so one
-module serves every model. ``iterates`` gives lambda^0 .. lambda^K for the
-per-iteration curve; ``iterate`` is the same loop with any gradient and
-update (per-step refinement uses it with plain gradient descent).
+By default the network sees only distribution parameters and gradients,
+never x, so one module serves every model; ``inputs`` may add the
+observation (through the model's own ``features``) and the errors, and
+``init`` may start from an encoder instead of the prior (``AVF``'s options).
+``iterates`` gives lambda^0 .. lambda^K for the per-iteration curve;
+``iterate`` is the same loop with any gradient and update (per-step
+refinement uses it with plain gradient descent).
 
 Training. theta learns from F_t(lambda^K), the objective itself. phi learns
 from F_t at every iterate k = 1..K: through lambda^K by the objective, and
@@ -41,7 +44,9 @@ Two paths compute the same gradients (tests/test_fast_path.py):
 * reference (``seqvi.nn.reference``, other devices): the chain with a graph
   at every step; ``aux`` = F_t(lambda^k) + <lambda^k - stop(lambda^k), g^k>
   (value F_t, gradient g^k in lambda^k, nothing else);
-* kernels (CPU, training): the chain runs without a graph inside the loop,
+* kernels (CPU, training, starting from the prior; an encoder's start
+  depends on theta through the features, so it takes the reference path):
+  the chain runs without a graph inside the loop,
   keeping the network's activations; q's parameters enter the model through
   one autograd node per step (``_Iterate``), whose backward only records
   dL/dlambda^K_t on the pass's ``_Tape`` (carried as ``q_state``), and
