@@ -188,13 +188,19 @@ def _flat(config: dict, prefix: str = "") -> dict:
     return out
 
 
+SHOWN = ("model.name", "inference.name", "inference.iterations")   # already in the model and q columns
+
+
 def _fill_differs(rows: list[CompareRow]) -> None:
-    """Name, per row, the config keys (seed aside) whose values differ between rows."""
+    """Name, per row, the config keys (seed aside) whose values differ between rows of the same model and
+    q, and that the row sets (a key another model or q does not have is not news)."""
     flats = [_flat(json.loads(_group_key(row.runs[0].status.config))) for row in rows]
-    keys = sorted({k for f in flats for k in f})
-    varying = [k for k in keys if len({json.dumps(f.get(k), default=str) for f in flats}) > 1]
     for row, flat in zip(rows, flats):
-        row.differs = ", ".join(f"{k}={_short(flat.get(k))}" for k in varying)
+        peers = [f for other, f in zip(rows, flats) if (other.model, other.q.split("(")[0]) ==
+                 (row.model, row.q.split("(")[0])] if len(rows) > 1 else [flat]
+        varying = [k for k in sorted(flat) if k not in SHOWN and flat[k] is not None
+                   and len({json.dumps(f.get(k), default=str) for f in peers}) > 1]
+        row.differs = ", ".join(f"{k}={_short(flat[k])}" for k in varying)
 
 
 def _short(value) -> str:
