@@ -533,3 +533,56 @@ def plot_predict(result: Any, path: Path) -> Path:
         ax.legend(fontsize=8)
     fig.suptitle(f"video prediction — {result.split} ({result.num_sequences} sequences)")
     return _save(plt, fig, path)
+
+
+# --------------------------------------------------------------------------- world models: plan, collect, loop
+
+
+def plan_table(summary: Any, title: str = "planned episodes") -> Table:
+    """Per episode: the environment's return, the planner's imagined elite return and the time per step;
+    the last row the mean ± sd over episodes."""
+    c = summary.config
+    table = Table(title=f"{title} — {summary.env}: CEM horizon {c['horizon']}, {c['candidates']} candidates, "
+                        f"top {c['top_k']}, {c['iterations']} iterations, action repeat {c['action_repeat']}, "
+                        f"noise {c['noise']} (return: higher is better)")
+    for name in ("episode", "seed", "return", "imagined (H steps)", "ms / plan step"):
+        table.add_column(name, justify="right")
+    for e, (ret, pred, sec, seed) in enumerate(zip(summary.returns, summary.predicted, summary.step_seconds,
+                                                   summary.seeds), 1):
+        table.add_row(str(e), str(seed), f"{ret:.1f}", f"{pred:.1f}", f"{1e3 * sec:.1f}")
+    table.add_section()
+    table.add_row("mean", "", f"{summary.mean:.1f} ± {summary.sd:.1f}", "", f"{1e3 * summary.seconds_per_step:.1f}",
+                  style="bold")
+    return table
+
+
+def loop_table(result: Any) -> Table:
+    """Per round of the model-based loop: training episodes, test return mean ± sd, time."""
+    table = Table(title="model-based loop: test returns per round (no exploration noise; higher is better)")
+    for name in ("round", "training episodes", "test return", "collected (noise)", "ms / plan step", "train s",
+                 "round s"):
+        table.add_column(name, justify="right")
+    for r in result.rounds:
+        collected = r.get("collected_returns")
+        table.add_row(str(r["round"]), str(r["episodes"]), f"{r['mean']:.1f} ± {r['sd']:.1f}",
+                      f"{np.mean(collected):.1f}" if collected else "", f"{1e3 * r['seconds_per_step']:.1f}",
+                      f"{r['train_seconds']:.0f}", f"{r['seconds']:.0f}")
+    table.add_section()
+    table.add_row("total", "", "", "", "", "", f"{result.seconds:.0f}", style="bold")
+    return table
+
+
+def plot_loop_returns(result: Any, path: Path) -> Path:
+    """PNG of the test returns per round (each episode a dot, the mean ± sd a line)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    rounds = [r["round"] for r in result.rounds]
+    for r in result.rounds:
+        ax.scatter([r["round"]] * len(r["returns"]), r["returns"], s=10, color="grey", alpha=0.6)
+    means, sds = np.array([r["mean"] for r in result.rounds]), np.array([r["sd"] for r in result.rounds])
+    ax.errorbar(rounds, means, yerr=sds, marker="o", capsize=3, label="mean ± sd")
+    ax.set_xlabel("round (train, then plan)")
+    ax.set_ylabel("episode return")
+    ax.legend(fontsize=8)
+    ax.set_title("model-based loop")
+    return _save(plt, fig, path)
