@@ -586,3 +586,42 @@ def plot_loop_returns(result: Any, path: Path) -> Path:
     ax.legend(fontsize=8)
     ax.set_title("model-based loop")
     return _save(plt, fig, path)
+
+
+def open_loop_table(result: Any) -> Table:
+    """Per predicted step: observation RMSE (predictive mean, one sample, last context step) and reward RMSE."""
+    table = Table(title=f"open-loop prediction — {result.split}: {result.context} context steps filtered, then the "
+                        f"prior with the recorded actions; mean of {result.samples} samples, {result.num_sequences} "
+                        f"sequences (lower is better)")
+    for name in ("k", "obs RMSE", "obs RMSE (1 sample)", "obs RMSE (last context step)", "reward RMSE"):
+        table.add_column(name, justify="right")
+    for k in range(result.horizon):
+        table.add_row(str(k + 1), f"{result.obs_rmse[k]:.4f}", f"{result.sample_rmse[k]:.4f}",
+                      f"{result.last_rmse[k]:.4f}", f"{result.reward_rmse[k]:.4f}")
+    table.add_section()
+    table.add_row("mean", f"{result.obs_rmse.mean():.4f}", f"{result.sample_rmse.mean():.4f}",
+                  f"{result.last_rmse.mean():.4f}", f"{result.reward_rmse.mean():.4f}", style="bold")
+    table.caption = (f"return over the {result.horizon} steps: mean |predicted - real| {result.return_error:.2f} "
+                     f"(real mean {result.mean_return:.2f})")
+    return table
+
+
+def plot_open_loop(result: Any, path: Path) -> Path:
+    """PNG of the observation and reward RMSE against the predicted step k."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    k = np.arange(1, result.horizon + 1)
+    axes[0].plot(k, result.obs_rmse, marker=".", label=f"mean of {result.samples} samples")
+    axes[0].plot(k, result.sample_rmse, ls=":", label="one sample")
+    axes[0].plot(k, result.last_rmse, ls="--", color="grey", label="last context step (reference)")
+    axes[0].set_ylabel("observation RMSE")
+    axes[1].plot(k, result.reward_rmse, marker=".")
+    axes[1].set_ylabel("reward RMSE")
+    for ax in axes:
+        ax.set_xlabel(f"predicted step k (after {result.context} context steps)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"open-loop prediction — {result.split} ({result.num_sequences} sequences)")
+    return _save(plt, fig, path)
+
+
+PREDICT_VIEWS = {"video": (predict_table, plot_predict), "control": (open_loop_table, plot_open_loop)}
