@@ -49,6 +49,8 @@ class ObjectiveConfig:
     kl_start: float = 0.0
     bound: str = "elbo"              # elbo (analytic KL) | iwae | fivo
     particles: int = 1               # K for iwae / fivo training
+    overshooting: int = 0            # latent overshooting distance D (PlaNet sec. 4; seqvi/overshooting.py); 0 = off
+    overshooting_weight: float = 1.0  # weight of the overshooting KL (averaged over d = 1..D) in the loss
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,8 @@ OPEN_SECTIONS = ("model", "inference")
 
 # Lower bounds of the numeric keys that have one (a batch of 0 or log_every 0 means nothing).
 MINIMUM = {"data.batch_size": 1, "data.eval_batch_size": 1, "data.crop_length": 0, "data.min_length": 0,
-           "objective.kl_anneal_epochs": 0, "objective.particles": 1, "train.epochs": 1,
+           "objective.kl_anneal_epochs": 0, "objective.particles": 1, "objective.overshooting": 0,
+           "objective.overshooting_weight": 0, "train.epochs": 1,
            "train.log_every": 1, "train.checkpoint_every": 0, "train.clip_grad": 0, "train.patience": 0,
            "train.max_minutes": 0}
 

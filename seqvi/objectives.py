@@ -49,6 +49,7 @@ from torch import Tensor
 from seqvi import stacked
 from seqvi.free_energy import map_state, repeat_rows, reparameterize, score
 from seqvi.nn import enabled
+from seqvi.overshooting import filter_with_overshooting
 
 
 class Bound(NamedTuple):
@@ -250,6 +251,8 @@ class Objective(NamedTuple):
     bound: Bound
     particles: int = 1
     kl_weight: float = 1.0
+    overshooting: int = 0              # latent overshooting distance D (seqvi.overshooting); 0 = off
+    overshooting_weight: float = 1.0
 
 
 class TrainTerms(NamedTuple):
@@ -263,9 +266,15 @@ def training_terms(model: Any, inference: Any, x: Tensor, mask: Tensor, objectiv
                    inputs: Optional[Tensor] = None, rewards: Optional[Tensor] = None) -> TrainTerms:
     """The summed training loss of one batch (module docstring) and its parts."""
     if objective.bound.name == "elbo":
-        terms = filter_sequence(model, inference, x, mask, inputs=inputs, rewards=rewards,
-                                kl_weight=objective.kl_weight)
+        if objective.overshooting:   # the same pass, plus the multi-step KL (seqvi.overshooting)
+            terms = filter_with_overshooting(model, inference, x, mask, objective.overshooting, inputs=inputs,
+                                             rewards=rewards, kl_weight=objective.kl_weight)
+        else:
+            terms = filter_sequence(model, inference, x, mask, inputs=inputs, rewards=rewards,
+                                    kl_weight=objective.kl_weight)
         value = (terms.recon + objective.kl_weight * terms.kl).sum()
+        if objective.overshooting:
+            value = value + objective.overshooting_weight * objective.kl_weight * terms.overshoot.sum()
         total = value if terms.aux is None else value + terms.aux.sum()
         return TrainTerms(total, float(value.detach()), float(terms.recon.detach().sum()),
                           float(terms.kl.detach().sum()))

@@ -231,7 +231,9 @@ def _loop(recipe: Recipe, run_dir: Path, dist: distributed.Dist, dev: torch.devi
                                    rows=distributed.rows(dist, len(order[b])))
                 rows = torch.arange(len(order[b]))[distributed.rows(dist, len(order[b]))]
                 with noise_shard(rows, len(order[b])):
-                    stats = train_step(trainee, batch.to(dev), Objective(bound, particles, beta), dist, cfg.clip_grad)
+                    objective = Objective(bound, particles, beta, recipe.objective.overshooting,
+                                          recipe.objective.overshooting_weight)
+                    stats = train_step(trainee, batch.to(dev), objective, dist, cfg.clip_grad)
                 real_steps, finite = stats.steps, stats.finite
                 loss_sum = stats.loss
                 if not finite:
