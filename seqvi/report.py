@@ -569,6 +569,7 @@ def loop_table(result: Any) -> Table:
                       f"{r['train_seconds']:.0f}", f"{r['seconds']:.0f}")
     table.add_section()
     table.add_row("total", "", "", "", "", "", f"{result.seconds:.0f}", style="bold")
+    table.caption = f"{result.seconds / 60:.1f} min wall, {result.cpu_seconds / 60:.1f} min of this process's CPU time"
     return table
 
 

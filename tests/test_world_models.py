@@ -215,3 +215,26 @@ def test_rssm_run_with_overshooting_resumes_bitwise(world, tmp_path):
         assert a[part].keys() == b[part].keys()
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), key
+
+
+def test_the_model_based_loop_continues_from_its_last_finished_round(tmp_path):
+    from seqvi.engine.cem import CEMConfig
+    from seqvi.engine.mbrl import LoopSettings, model_based_loop
+
+    recipe = recipe_from_dict(rssm_recipe("unused", epochs=1))          # the loop sets its own data root
+    tiny = dict(test_episodes=1, collect_episodes=2, plan=CEMConfig(4, 16, 4, 2), random_episodes=3, env_steps=20)
+    seen = []
+    first = model_based_loop(recipe, tmp_path / "loop", LoopSettings(rounds=1, **tiny),
+                             events=lambda kind, info: seen.append(kind))
+    assert [r["round"] for r in first.rounds] == [0] and first.rounds[0]["episodes"] == 3
+    assert (tmp_path / "loop" / "data" / "processed" / "pendulum.h5").exists() and "data" in seen
+    trained = (tmp_path / "loop" / "round-0" / "checkpoints" / "last.pt").stat().st_mtime_ns
+    again = model_based_loop(recipe, tmp_path / "loop", LoopSettings(rounds=2, **tiny))
+    assert [r["round"] for r in again.rounds] == [0, 1]
+    assert again.rounds[0]["returns"] == first.rounds[0]["returns"]                     # not replayed
+    assert (tmp_path / "loop" / "round-0" / "checkpoints" / "last.pt").stat().st_mtime_ns == trained   # not retrained
+    assert again.rounds[1]["episodes"] == 3 + 2 and len(again.rounds[0]["collected_returns"]) == 2
+    saved = json.loads((tmp_path / "loop" / "returns.json").read_text())
+    assert [r["round"] for r in saved["rounds"]] == [0, 1] and saved["seconds"] > 0
+    third = model_based_loop(recipe, tmp_path / "loop", LoopSettings(rounds=2, **tiny))   # nothing left to do
+    assert third.rounds[1]["episodes"] == 5 and third.rounds[1]["returns"] == again.rounds[1]["returns"]

@@ -43,16 +43,18 @@ class LoopSettings:
     seed: int = 0
     pixels: bool = False
     random_episodes: Optional[int] = None     # cap of random episodes per split (download --limit)
+    env_steps: Optional[int] = None           # environment steps per planned episode (default: its time limit)
 
 
 @dataclass
 class LoopResult:
     out: Path
     rounds: list = field(default_factory=list)    # per round: returns, mean, sd, seconds, episodes, ...
-    seconds: float = 0.0
+    seconds: float = 0.0                          # wall time of the rounds (over every call that ran them)
+    cpu_seconds: float = 0.0                      # this process's CPU time in them (the machine may be shared)
 
     def to_dict(self) -> dict:
-        return {"out": str(self.out), "rounds": self.rounds, "seconds": self.seconds}
+        return {"out": str(self.out), "rounds": self.rounds, "seconds": self.seconds, "cpu_seconds": self.cpu_seconds}
 
 
 def model_based_loop(recipe: Any, out: Path, settings: LoopSettings = LoopSettings(), *, device: str = "cpu",
@@ -70,7 +72,6 @@ def model_based_loop(recipe: Any, out: Path, settings: LoopSettings = LoopSettin
     root = str(out / "data")
     recipe = replace(recipe, data=replace(recipe.data, root=root))
     name = recipe.data.dataset
-    started = time.perf_counter()
     summary_path = out / "returns.json"
     previous = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     result = LoopResult(out)
@@ -80,7 +81,7 @@ def model_based_loop(recipe: Any, out: Path, settings: LoopSettings = LoopSettin
         preprocess(name, root, pixels=settings.pixels)
     for k in range(settings.rounds):
         run_dir = out / f"round-{k}"
-        round_started = time.perf_counter()
+        round_started, cpu_started = time.perf_counter(), time.process_time()
         events("round", {"round": k, "run_dir": str(run_dir)})
         trained = train(recipe, run_dir, device=device, events=train_events, source=f"{out}/round-{k}")
         if trained.stop != "finished" and not trained.nothing_to_do:
@@ -91,23 +92,26 @@ def model_based_loop(recipe: Any, out: Path, settings: LoopSettings = LoopSettin
             tested = json.loads(returns_file.read_text())
         else:
             tested = plan_run(run, settings.test_episodes, config=settings.plan, seed=settings.seed + 1000 * k,
-                              video=k == settings.rounds - 1 or k == 0, progress=progress).to_dict()
+                              video=k == settings.rounds - 1 or k == 0, env_steps=settings.env_steps,
+                              progress=progress).to_dict()
         source = f"round-{k}"
         episodes = _episodes(store_path(name, root))
         old = next((r for r in previous.get("rounds", []) if r.get("round") == k), {})
         collected = old.get("collected_returns")
         if k + 1 < settings.rounds and source not in used_sources(store_path(name, root), "train"):
             collected = collect_run(run, settings.collect_episodes, source=source, config=settings.plan,
-                                    seed=settings.seed + 1000 * k, noise=settings.noise, progress=progress).returns
+                                    seed=settings.seed + 1000 * k, noise=settings.noise, env_steps=settings.env_steps,
+                                    progress=progress).returns
         entry = {"round": k, "run": str(run_dir), "episodes": episodes, "returns": tested["returns"],
                  "mean": tested["mean"], "sd": tested["sd"], "seconds_per_step": tested["seconds_per_step"],
                  "collected_returns": collected, "train_seconds": trained.seconds + old.get("train_seconds", 0.0),
-                 "seconds": time.perf_counter() - round_started + old.get("seconds", 0.0)}
+                 "seconds": time.perf_counter() - round_started + old.get("seconds", 0.0),
+                 "cpu_seconds": time.process_time() - cpu_started + old.get("cpu_seconds", 0.0)}
         result.rounds.append(entry)
         result.seconds = sum(r["seconds"] for r in result.rounds)
+        result.cpu_seconds = sum(r["cpu_seconds"] for r in result.rounds)
         write_text_atomic(summary_path, json.dumps(result.to_dict(), indent=1))
         events("tested", entry)
-    result.seconds = sum(r["seconds"] for r in result.rounds) if result.rounds else time.perf_counter() - started
     return result
 
 
