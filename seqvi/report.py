@@ -582,6 +582,7 @@ def plot_loop_returns(result: Any, path: Path) -> Path:
         ax.scatter([r["round"]] * len(r["returns"]), r["returns"], s=10, color="grey", alpha=0.6)
     means, sds = np.array([r["mean"] for r in result.rounds]), np.array([r["sd"] for r in result.rounds])
     ax.errorbar(rounds, means, yerr=sds, marker="o", capsize=3, label="mean ± sd")
+    ax.set_xticks(rounds)
     ax.set_xlabel("round (train, then plan)")
     ax.set_ylabel("episode return")
     ax.legend(fontsize=8)
