@@ -238,3 +238,20 @@ def test_the_model_based_loop_continues_from_its_last_finished_round(tmp_path):
     assert [r["round"] for r in saved["rounds"]] == [0, 1] and saved["seconds"] > 0
     third = model_based_loop(recipe, tmp_path / "loop", LoopSettings(rounds=2, **tiny))   # nothing left to do
     assert third.rounds[1]["episodes"] == 5 and third.rounds[1]["returns"] == again.rounds[1]["returns"]
+
+
+def test_open_loop_prediction_with_the_true_dynamics_is_exact(world):
+    """Pendulum-v1's own dynamics as the model (tests/test_planning.py): rolled open loop with the recorded
+    actions from filtered real states, it predicts the stored observations and rewards, so the
+    protocol's alignment (condition, prior, emission and reward, advance) is the store's."""
+    from seqvi.engine.open_loop import predict_open_loop
+    from test_planning import ReadTheState, TruePendulum
+
+    with Store(world["root"] / "processed" / "pendulum.h5") as store:
+        result = predict_open_loop(TruePendulum(2), ReadTheState(), store.split("test"), "test", context=5,
+                                   horizons=(10, 30), samples=2)
+    assert result.num_sequences == 3 and result.horizon == 30
+    # float32 and the model's 1e-4 prior noise drift slowly; a step out of alignment would be off by ~1
+    assert result.obs_rmse.max() < 5e-3 and result.reward_rmse[:5].max() < 5e-3 and result.reward_rmse.max() < 0.05
+    assert result.return_error < 0.1 < abs(result.mean_return)
+    assert result.last_rmse.min() > 0.05                 # the reference does move away
