@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pixels", action="store_true")
     parser.add_argument("--random-episodes", type=int, default=None, help="cap of random episodes per split")
-    args = parser.parse_args(argv)
+    parser.add_argument("--env-steps", type=int, default=None, help="environment steps per episode (default: its limit)")
+    args = parser.parse_intermixed_args(argv)
 
     from seqvi.config import load_recipe
     from seqvi.engine.cem import CEMConfig
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = LoopSettings(rounds=args.rounds, test_episodes=args.test_episodes,
                                 collect_episodes=args.collect, noise=args.noise, seed=args.seed,
                                 plan=CEMConfig(args.horizon, args.candidates, args.top_k, args.iterations),
-                                pixels=args.pixels, random_episodes=args.random_episodes)
+                                pixels=args.pixels, random_episodes=args.random_episodes, env_steps=args.env_steps)
 
         def events(kind: str, info: dict) -> None:
             if kind == "round":

@@ -23,7 +23,7 @@ from seqvi.inference import INFERENCE
 from seqvi.models.rssm import RSSM
 from seqvi.objectives import filter_sequence, training_loss
 
-from conftest import tiny_recipe
+from conftest import REPO, tiny_recipe
 
 runner = CliRunner()
 TINY_PLAN = ["--horizon", "4", "--candidates", "16", "--top-k", "4", "--iterations", "2", "--env-steps", "40"]
@@ -238,6 +238,20 @@ def test_the_model_based_loop_continues_from_its_last_finished_round(tmp_path):
     assert [r["round"] for r in saved["rounds"]] == [0, 1] and saved["seconds"] > 0
     third = model_based_loop(recipe, tmp_path / "loop", LoopSettings(rounds=2, **tiny))   # nothing left to do
     assert third.rounds[1]["episodes"] == 5 and third.rounds[1]["returns"] == again.rounds[1]["returns"]
+    # the script behind `make planet`, on the finished loop: the table and the plot of returns per round
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import planet_loop
+    finally:
+        sys.path.pop(0)
+    path = tmp_path / "planet.yaml"
+    path.write_text(yaml.safe_dump(rssm_recipe("unused", epochs=1)))
+    args = [str(path), "--out", str(tmp_path / "loop"), "--rounds", "2", "--test-episodes", "1", "--collect", "2",
+            "--horizon", "4", "--candidates", "16", "--top-k", "4", "--iterations", "2", "--random-episodes", "3",
+            "--env-steps", "20"]
+    assert planet_loop.main(args) == 0
+    assert (tmp_path / "loop" / "returns.png").stat().st_size > 1000
+    assert planet_loop.main(args[:1] + ["--out", str(tmp_path / "loop"), "model.nope=1"]) == 2     # one-line error
 
 
 def test_open_loop_prediction_with_the_true_dynamics_is_exact(world):
