@@ -3,7 +3,7 @@
     round 0:   the data set's random-action episodes (``seqvi download`` + ``preprocess``, in the loop's
                own data root, so collecting never touches the user's store)
     round k:   train a run on every episode collected so far     ->  OUT/round-k/        (seqvi train)
-               test it: ``test_episodes`` planned episodes        ->  OUT/round-k/plan/   (seqvi plan)
+               test it: ``test_episodes`` planned episodes        ->  OUT/round-k/loop-test/ (seqvi plan)
                collect ``collect_episodes`` with noise 0.3        ->  source round-k      (seqvi collect)
     until ``rounds`` rounds; per-round returns in OUT/returns.json (and a plot by the caller)
 
@@ -87,11 +87,12 @@ def model_based_loop(recipe: Any, out: Path, settings: LoopSettings = LoopSettin
         if trained.stop != "finished" and not trained.nothing_to_do:
             break                      # a time budget or patience stop: the run is not finished
         run = load_run(run_dir, device)
-        returns_file = run_dir / "plan" / "returns.json"
+        returns_file = run_dir / "loop-test" / "returns.json"      # `seqvi plan` on the run writes plan/
         if returns_file.exists():
             tested = json.loads(returns_file.read_text())
         else:
             tested = plan_run(run, settings.test_episodes, config=settings.plan, seed=settings.seed + 1000 * k,
+                              out=returns_file.parent,
                               video=k == settings.rounds - 1 or k == 0, env_steps=settings.env_steps,
                               progress=progress).to_dict()
         source = f"round-{k}"
