@@ -262,34 +262,113 @@ def sample(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run direct
 @command
 def predict(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run directory or checkpoint file."),
             split: str = typer.Option("test", "--split", help="train, valid or test."),
-            context: int = typer.Option(10, "--context", min=1, help="Real frames to condition on."),
-            horizon: Optional[List[int]] = typer.Option(None, "--horizon", min=1, help="Frames to predict; repeat for several (default 10 and 30)."),
-            samples: int = typer.Option(100, "--samples", min=1, help="Samples per sequence; the best is scored (SVG protocol)."),
+            context: int = typer.Option(10, "--context", min=1, help="Real frames (steps) to condition on."),
+            horizon: Optional[List[int]] = typer.Option(None, "--horizon", min=1, help="Frames to predict; repeat for several (default 10 and 30; interaction data: the longest)."),
+            samples: int = typer.Option(100, "--samples", min=1, help="Samples per sequence; video: the best is scored (SVG protocol); interaction data: their mean."),
             max_sequences: Optional[int] = typer.Option(None, "--max-sequences", min=1, help="Score only the first N eligible sequences."),
             batch_size: int = typer.Option(100, "--batch-size", min=1, help="Sample copies generated at once (bounds memory)."),
             seed: int = typer.Option(0, "--seed"), device: str = DeviceOpt, threads: Optional[int] = ThreadsOpt) -> None:
-    """Video prediction: condition on real frames, best of N samples by PSNR and SSIM per predicted frame."""
-    from seqvi.engine.predict import predict as run_predict
+    """Prediction from real context: video, best of N samples by PSNR and SSIM per predicted frame;
+    interaction data (actions), open loop with the recorded actions: observation and reward error per step."""
+    from seqvi.engine.predict import predict_split
     from seqvi.engine.run import load_run
     from seqvi.engine.runs import write_text_atomic
     from seqvi.engine.setup import configure_threads
-    from seqvi.report import console, plot_predict, predict_table, progress_bar
+    from seqvi.report import PREDICT_VIEWS, console, progress_bar
 
     configure_threads(threads)
     run = load_run(checkpoint, device)
     with run.open_store() as store, progress_bar() as bar:
         task = bar.add_task("predict", total=None, info="")
-        result = run_predict(run.model, run.inference, store.split(split), split, context=context,
-                             horizons=tuple(horizon or (10, 30)), samples=samples, max_sequences=max_sequences,
-                             batch_size=batch_size, seed=seed,
-                             progress=lambda done, total: bar.update(task, completed=done, total=total))
-    console.print(predict_table(result))
+        result = predict_split(run.model, run.inference, store.split(split), split, context=context,
+                               horizons=tuple(horizon or (10, 30)), samples=samples, max_sequences=max_sequences,
+                               batch_size=batch_size, seed=seed,
+                               progress=lambda done, total: bar.update(task, completed=done, total=total))
+    table, plot_fn = PREDICT_VIEWS[result.kind]
+    console.print(table(result))
     payload = {**result.to_dict(), "checkpoint": str(run.checkpoint), "epoch": run.epoch, "step": run.step,
                "dataset": run.spec.dataset, "seed": seed}
     out = run.run_dir / "eval" / f"predict_{split}.json"
     write_text_atomic(out, json.dumps(payload, indent=1))
-    plot = plot_predict(result, run.run_dir / "eval" / f"predict_{split}.png")
+    plot = plot_fn(result, run.run_dir / "eval" / f"predict_{split}.png")
     console.print(f"results: {out}\nplot: {plot}")
+
+
+def _cem_config(horizon: int, candidates: int, top_k: int, iterations: int):
+    from seqvi.engine.cem import CEMConfig
+
+    try:
+        return CEMConfig(horizon, candidates, top_k, iterations)
+    except ValueError as err:
+        raise SeqviError(f"--top-k {top_k} must not exceed --candidates {candidates}") from err
+
+
+HorizonOpt = typer.Option(12, "--horizon", min=1, help="CEM: actions planned ahead (stored steps; PlaNet: 12).")
+CandidatesOpt = typer.Option(1000, "--candidates", min=1, help="CEM: action sequences per iteration (PlaNet: 1,000).")
+TopKOpt = typer.Option(100, "--top-k", min=1, help="CEM: elites refit per iteration (PlaNet: 100).")
+IterationsOpt = typer.Option(10, "--iterations", min=1, help="CEM: refits per plan (PlaNet: 10).")
+EnvStepsOpt = typer.Option(None, "--env-steps", min=1, help="Environment steps per episode (default: its time limit).")
+
+
+@command
+def plan(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run directory or checkpoint file."),
+         episodes: int = typer.Option(10, "--episodes", min=1, help="Test episodes to play."),
+         horizon: int = HorizonOpt, candidates: int = CandidatesOpt, top_k: int = TopKOpt,
+         iterations: int = IterationsOpt, env_steps: Optional[int] = EnvStepsOpt,
+         noise: float = typer.Option(0.0, "--noise", min=0.0, help="Gaussian exploration noise (sd) on each executed action."),
+         video: bool = typer.Option(True, "--video/--no-video", help="Write one episode as RUN/plan/episode.mp4."),
+         seed: int = typer.Option(0, "--seed", help="Seeds the episodes' resets and the planner's draws."),
+         device: str = DeviceOpt, threads: Optional[int] = ThreadsOpt) -> None:
+    """Model-predictive control in the run's latent space (CEM, PlaNet's defaults) in its real environment."""
+    from seqvi.engine.control import plan_run
+    from seqvi.engine.run import load_run
+    from seqvi.engine.setup import configure_threads
+    from seqvi.report import console, plan_table, progress_bar
+
+    configure_threads(threads)
+    config = _cem_config(horizon, candidates, top_k, iterations)
+    run = load_run(checkpoint, device)
+    with progress_bar() as bar:
+        task = bar.add_task("plan", total=None, info="")
+        summary = plan_run(run, episodes, config=config, seed=seed, noise=noise, env_steps=env_steps, video=video,
+                           progress=lambda done, total: bar.update(task, completed=done, total=total))
+    console.print(f"checkpoint: {run.checkpoint} (epoch {run.epoch}, step {run.step})")
+    console.print(plan_table(summary))
+    console.print(f"return {summary.mean:.1f} ± {summary.sd:.1f} over {len(summary.returns)} episodes; "
+                  f"{1e3 * summary.seconds_per_step:.1f} ms per planning step; {summary.seconds:.0f} s")
+    for key in ("returns", "video"):
+        if key in summary.paths:
+            console.print(f"{key}: {summary.paths[key]}")
+
+
+@command
+def collect(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run directory or checkpoint file."),
+            episodes: int = typer.Option(5, "--episodes", min=1, help="Episodes to play and append."),
+            source: Optional[str] = typer.Option(None, "--source", help="Name of the new source (default: the first free planner-N)."),
+            split: str = typer.Option("train", "--split", help="Split to append to."),
+            horizon: int = HorizonOpt, candidates: int = CandidatesOpt, top_k: int = TopKOpt,
+            iterations: int = IterationsOpt, env_steps: Optional[int] = EnvStepsOpt,
+            noise: float = typer.Option(0.3, "--noise", min=0.0, help="Gaussian exploration noise (sd) on each executed action (PlaNet: 0.3)."),
+            seed: int = typer.Option(0, "--seed", help="Seeds the episodes' resets and the planner's draws."),
+            device: str = DeviceOpt, threads: Optional[int] = ThreadsOpt) -> None:
+    """Play episodes with the planner (and exploration noise) and append them to the run's data set."""
+    from seqvi.engine.control import collect_run
+    from seqvi.engine.run import load_run
+    from seqvi.engine.setup import configure_threads
+    from seqvi.report import console, plan_table, progress_bar
+
+    configure_threads(threads)
+    config = _cem_config(horizon, candidates, top_k, iterations)
+    run = load_run(checkpoint, device)
+    with progress_bar() as bar:
+        task = bar.add_task("collect", total=None, info="")
+        summary = collect_run(run, episodes, source=source, split=split, config=config, seed=seed, noise=noise,
+                              env_steps=env_steps,
+                              progress=lambda done, total: bar.update(task, completed=done, total=total))
+    console.print(plan_table(summary, title="collected episodes"))
+    added = summary.appended
+    console.print(f"appended {added.sequences} episodes ({added.steps:,} steps) to split '{added.split}' as source "
+                  f"'{added.source}' of {added.path}; `seqvi train` on it reads them")
 
 
 @command

@@ -51,6 +51,8 @@ class ObjectiveConfig:
     particles: int = 1               # K for iwae / fivo training
     free_bits: float = 0.0           # lambda: each latent group's KL per step counts as max(lambda, KL); 0 = off
     free_bits_groups: int = 1        # the z dimensions split into this many equal groups, lambda each
+    overshooting: int = 0            # latent overshooting distance D (PlaNet sec. 4; seqvi/overshooting.py); 0 = off
+    overshooting_weight: float = 1.0  # weight of the overshooting KL (averaged over d = 1..D) in the loss
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,8 @@ OPEN_SECTIONS = ("model", "inference")
 # Lower bounds of the numeric keys that have one (a batch of 0 or log_every 0 means nothing).
 MINIMUM = {"data.batch_size": 1, "data.eval_batch_size": 1, "data.crop_length": 0, "data.min_length": 0,
            "objective.kl_anneal_epochs": 0, "objective.particles": 1, "objective.free_bits": 0,
-           "objective.free_bits_groups": 1, "train.epochs": 1, "train.inference_clip_grad": 0,
+           "objective.free_bits_groups": 1, "objective.overshooting": 0, "objective.overshooting_weight": 0,
+           "train.epochs": 1, "train.inference_clip_grad": 0,
            "train.log_every": 1, "train.checkpoint_every": 0, "train.clip_grad": 0, "train.patience": 0,
            "train.max_minutes": 0}
 

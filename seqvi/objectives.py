@@ -49,6 +49,7 @@ from torch import Tensor
 from seqvi import stacked
 from seqvi.free_energy import StepTerms, map_state, repeat_rows, reparameterize, score
 from seqvi.nn import enabled
+from seqvi.overshooting import filter_with_overshooting
 
 
 class Bound(NamedTuple):
@@ -255,6 +256,8 @@ class Objective(NamedTuple):
     kl_weight: float = 1.0
     free_bits: float = 0.0
     free_bits_groups: int = 1
+    overshooting: int = 0              # latent overshooting distance D (seqvi.overshooting); 0 = off
+    overshooting_weight: float = 1.0
 
 
 class TrainTerms(NamedTuple):
@@ -269,12 +272,18 @@ def training_terms(model: Any, inference: Any, x: Tensor, mask: Tensor, objectiv
     """The summed training loss of one batch (module docstring) and its parts."""
     if objective.bound.name == "elbo":
         groups = objective.free_bits_groups if objective.free_bits > 0 else 0
-        terms = filter_sequence(model, inference, x, mask, inputs=inputs, rewards=rewards,
-                                kl_weight=objective.kl_weight, kl_groups=groups)
+        if objective.overshooting:   # the same pass, plus the multi-step KL (seqvi.overshooting)
+            terms = filter_with_overshooting(model, inference, x, mask, objective.overshooting, inputs=inputs,
+                                             rewards=rewards, kl_weight=objective.kl_weight, kl_groups=groups)
+        else:
+            terms = filter_sequence(model, inference, x, mask, inputs=inputs, rewards=rewards,
+                                    kl_weight=objective.kl_weight, kl_groups=groups)
         kl = terms.kl
         if groups:   # padding: clamp real steps only
             kl = (terms.kl_groups.clamp_min(objective.free_bits) * mask.unsqueeze(-1)).sum(-1)
         value = (terms.recon + objective.kl_weight * kl).sum()
+        if objective.overshooting:
+            value = value + objective.overshooting_weight * objective.kl_weight * terms.overshoot.sum()
         total = value if terms.aux is None else value + terms.aux.sum()
         return TrainTerms(total, float(value.detach()), float(terms.recon.detach().sum()),
                           float(terms.kl.detach().sum()))

@@ -654,3 +654,97 @@ def plot_predict(result: Any, path: Path) -> Path:
         ax.legend(fontsize=8)
     fig.suptitle(f"video prediction — {result.split} ({result.num_sequences} sequences)")
     return _save(plt, fig, path)
+
+
+# --------------------------------------------------------------------------- world models: plan, collect, loop
+
+
+def plan_table(summary: Any, title: str = "planned episodes") -> Table:
+    """Per episode: the environment's return, the planner's imagined elite return and the time per step;
+    the last row the mean ± sd over episodes."""
+    c = summary.config
+    table = Table(title=f"{title} — {summary.env}: CEM horizon {c['horizon']}, {c['candidates']} candidates, "
+                        f"top {c['top_k']}, {c['iterations']} iterations, action repeat {c['action_repeat']}, "
+                        f"noise {c['noise']} (return: higher is better)")
+    for name in ("episode", "seed", "return", "imagined (H steps)", "ms / plan step"):
+        table.add_column(name, justify="right")
+    for e, (ret, pred, sec, seed) in enumerate(zip(summary.returns, summary.predicted, summary.step_seconds,
+                                                   summary.seeds), 1):
+        table.add_row(str(e), str(seed), f"{ret:.1f}", f"{pred:.1f}", f"{1e3 * sec:.1f}")
+    table.add_section()
+    table.add_row("mean", "", f"{summary.mean:.1f} ± {summary.sd:.1f}", "", f"{1e3 * summary.seconds_per_step:.1f}",
+                  style="bold")
+    return table
+
+
+def loop_table(result: Any) -> Table:
+    """Per round of the model-based loop: training episodes, test return mean ± sd, time."""
+    table = Table(title="model-based loop: test returns per round (no exploration noise; higher is better)")
+    for name in ("round", "training episodes", "test return", "collected (noise)", "ms / plan step", "train s",
+                 "round s"):
+        table.add_column(name, justify="right")
+    for r in result.rounds:
+        collected = r.get("collected_returns")
+        table.add_row(str(r["round"]), str(r["episodes"]), f"{r['mean']:.1f} ± {r['sd']:.1f}",
+                      f"{np.mean(collected):.1f}" if collected else "", f"{1e3 * r['seconds_per_step']:.1f}",
+                      f"{r['train_seconds']:.0f}", f"{r['seconds']:.0f}")
+    table.add_section()
+    table.add_row("total", "", "", "", "", "", f"{result.seconds:.0f}", style="bold")
+    table.caption = f"{result.seconds / 60:.1f} min wall, {result.cpu_seconds / 60:.1f} min of this process's CPU time"
+    return table
+
+
+def plot_loop_returns(result: Any, path: Path) -> Path:
+    """PNG of the test returns per round (each episode a dot, the mean ± sd a line)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    rounds = [r["round"] for r in result.rounds]
+    for r in result.rounds:
+        ax.scatter([r["round"]] * len(r["returns"]), r["returns"], s=10, color="grey", alpha=0.6)
+    means, sds = np.array([r["mean"] for r in result.rounds]), np.array([r["sd"] for r in result.rounds])
+    ax.errorbar(rounds, means, yerr=sds, marker="o", capsize=3, label="mean ± sd")
+    ax.set_xticks(rounds)
+    ax.set_xlabel("round (train, then plan)")
+    ax.set_ylabel("episode return")
+    ax.legend(fontsize=8)
+    ax.set_title("model-based loop")
+    return _save(plt, fig, path)
+
+
+def open_loop_table(result: Any) -> Table:
+    """Per predicted step: observation RMSE (predictive mean, one sample, last context step) and reward RMSE."""
+    table = Table(title=f"open-loop prediction — {result.split}: {result.context} context steps filtered, then the "
+                        f"prior with the recorded actions; mean of {result.samples} samples, {result.num_sequences} "
+                        f"sequences (lower is better)")
+    for name in ("k", "obs RMSE", "obs RMSE (1 sample)", "obs RMSE (last context step)", "reward RMSE"):
+        table.add_column(name, justify="right")
+    for k in range(result.horizon):
+        table.add_row(str(k + 1), f"{result.obs_rmse[k]:.4f}", f"{result.sample_rmse[k]:.4f}",
+                      f"{result.last_rmse[k]:.4f}", f"{result.reward_rmse[k]:.4f}")
+    table.add_section()
+    table.add_row("mean", f"{result.obs_rmse.mean():.4f}", f"{result.sample_rmse.mean():.4f}",
+                  f"{result.last_rmse.mean():.4f}", f"{result.reward_rmse.mean():.4f}", style="bold")
+    table.caption = (f"return over the {result.horizon} steps: mean |predicted - real| {result.return_error:.2f} "
+                     f"(real mean {result.mean_return:.2f})")
+    return table
+
+
+def plot_open_loop(result: Any, path: Path) -> Path:
+    """PNG of the observation and reward RMSE against the predicted step k."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    k = np.arange(1, result.horizon + 1)
+    axes[0].plot(k, result.obs_rmse, marker=".", label=f"mean of {result.samples} samples")
+    axes[0].plot(k, result.sample_rmse, ls=":", label="one sample")
+    axes[0].plot(k, result.last_rmse, ls="--", color="grey", label="last context step (reference)")
+    axes[0].set_ylabel("observation RMSE")
+    axes[1].plot(k, result.reward_rmse, marker=".")
+    axes[1].set_ylabel("reward RMSE")
+    for ax in axes:
+        ax.set_xlabel(f"predicted step k (after {result.context} context steps)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"open-loop prediction — {result.split} ({result.num_sequences} sequences)")
+    return _save(plt, fig, path)
+
+
+PREDICT_VIEWS = {"video": (predict_table, plot_predict), "control": (open_loop_table, plot_open_loop)}

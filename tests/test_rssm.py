@@ -116,3 +116,18 @@ def test_an_untrained_rssm_plans_an_episode_in_the_real_pendulum():
                                  config=CEMConfig(horizon=5, candidates=30, top_k=5, iterations=2))
     assert len(result.episode) == 11 and len(result.step_seconds) == 10
     assert bool((abs(result.episode.action) <= 2).all()) and model.training          # training mode restored
+
+
+def test_the_pixel_link_sets_the_emission_mean():
+    """``shifted`` is PlaNet's linear mean 0.5 + logits (the same decoder as ``sigmoid`` reads); unknown links fail."""
+    kw = dict(x_dim=3 * 64 * 64, frame_shape=(3, 64, 64), input_dim=1, embed_size=8, channels=2, **TINY)
+    torch.manual_seed(0)
+    sigmoid = RSSM(**kw)
+    torch.manual_seed(0)
+    shifted = RSSM(pixel_link="shifted", **kw)
+    state = sigmoid.condition(sigmoid.initial_state(2), torch.randn(2, 1))
+    z = torch.randn(2, 3)
+    a, b = sigmoid.emission(z, state).mean, shifted.emission(z, state).mean
+    torch.testing.assert_close(torch.sigmoid(b - 0.5), a)
+    with pytest.raises(ValueError, match="pixel_link must be one of sigmoid, shifted"):
+        RSSM(pixel_link="tanh", **kw)

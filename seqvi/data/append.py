@@ -176,3 +176,14 @@ def _json_attr(f: h5py.File, key: str, default):
         return json.loads(value.decode() if isinstance(value, bytes) else str(value))
     except json.JSONDecodeError:
         return default
+
+
+def used_sources(path: str | Path, split: str) -> set[str]:
+    """Source names already in ``split`` of the store at ``path`` (preprocessed and collected):
+    ``append_sequences`` refuses them, so a caller can pick a new one, or skip a collection it made."""
+    with Store(Path(path)) as store:
+        data = store.split(split)
+        sources = set(store.attrs.get("sources") or {})
+        sources |= {c.get("source") for c in store.attrs.get("collected") or [] if isinstance(c, dict)}
+        sources |= {n.split("/", 1)[0] for n in data.names if "/" in n}
+    return sources

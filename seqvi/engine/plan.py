@@ -59,6 +59,7 @@ from torch.distributions import Distribution, Normal
 from seqvi.data.environment import Simulator, rollout
 from seqvi.data.episodes import Episode
 from seqvi.engine.cem import CEMConfig, Plan, cem
+from seqvi.free_energy import map_state, repeat_rows
 
 
 class PlanningModel(Protocol):
@@ -73,22 +74,6 @@ class PlanningModel(Protocol):
     def advance(self, state: Any, x: Optional[Tensor], z: Tensor) -> Any: ...
 
 
-def map_state(fn: Callable[[Tensor], Tensor], state: Any) -> Any:
-    """``fn`` on every tensor of a (nested, named) tuple state; other leaves pass through.
-    A local stand-in for the shared ``map_state`` the core will provide."""
-    if isinstance(state, Tensor):
-        return fn(state)
-    if isinstance(state, tuple):
-        items = [map_state(fn, item) for item in state]
-        return type(state)(*items) if hasattr(state, "_fields") else tuple(items)
-    return state
-
-
-def repeat_state(state: Any, n: int) -> Any:
-    """A state of one row repeated to ``n`` rows (batch first)."""
-    return map_state(lambda t: t.expand(n, *t.shape[1:]).contiguous(), state)
-
-
 def draw(p_z: Normal, generator: Optional[torch.Generator]) -> Tensor:
     """One reparameterized sample of a diagonal Normal from ``generator``."""
     noise = torch.randn(p_z.loc.shape, generator=generator, device=p_z.loc.device, dtype=p_z.loc.dtype)
@@ -100,7 +85,7 @@ def imagined_returns(model: PlanningModel, state: Any, actions: Tensor, generato
                      sample: bool = True) -> Tensor:
     """Predicted return (N,) of each candidate (N, H, A) from a filtered ``state`` of one row."""
     n, horizon = actions.shape[:2]
-    state = repeat_state(state, n)
+    state = repeat_rows(state, n)                                          # (N, ...) copies of the one row
     total = torch.zeros(n, device=actions.device)
     for k in range(horizon):
         state = model.condition(state, actions[:, k])
@@ -124,10 +109,11 @@ class MPCPolicy:
     """Filter the real observations and plan from the belief: a policy for ``rollout``."""
 
     def __init__(self, model: PlanningModel, inference: Any, low: Tensor, high: Tensor, config: CEMConfig,
-                 generator: torch.Generator, value_scale: float = 1.0, sample: bool = True, noise: float = 0.0):
+                 generator: torch.Generator, value_scale: float = 1.0, sample: bool = True, noise: float = 0.0,
+                 on_step: Optional[Callable[[int], None]] = None):
         self.model, self.inference, self.low, self.high = model, inference, low, high
         self.config, self.generator, self.value_scale = config, generator, value_scale
-        self.sample, self.noise = sample, noise
+        self.sample, self.noise, self.on_step = sample, noise, on_step
         self.state = model.initial_state(1)
         self.q_state = inference.initial_state(1)
         self.u = torch.zeros(1, low.shape[0], device=low.device)                 # u_0 = a_{-1} = 0
@@ -159,14 +145,18 @@ class MPCPolicy:
         self.u = action.unsqueeze(0)
         self.step_seconds.append(time.perf_counter() - started)
         self.scores.append(plan.elite_score)
+        if self.on_step is not None:
+            self.on_step(len(self.step_seconds))
         return action.cpu().numpy()
 
 
 def control_episode(model: PlanningModel, inference: Any, sim: Simulator, *, env_steps: int, seed: int = 0,
                     observation: str = "state", value_scale: float = 1.0, config: CEMConfig = CEMConfig(),
                     sample: bool = True, noise: float = 0.0, record_frames: bool = False,
-                    device: torch.device | str = "cpu") -> ControlResult:
-    """One episode of model-predictive control in ``sim`` (see the module docstring)."""
+                    device: torch.device | str = "cpu", on_step: Optional[Callable[[int], None]] = None
+                    ) -> ControlResult:
+    """One episode of model-predictive control in ``sim`` (see the module docstring); ``on_step(k)``
+    is called after the k-th planning step."""
     generator = torch.Generator(device=device).manual_seed(seed)
     low = torch.as_tensor(sim.low, device=device)
     high = torch.as_tensor(sim.high, device=device)
@@ -174,7 +164,7 @@ def control_episode(model: PlanningModel, inference: Any, sim: Simulator, *, env
     for module, _ in modes:
         module.eval()
     try:
-        policy = MPCPolicy(model, inference, low, high, config, generator, value_scale, sample, noise)
+        policy = MPCPolicy(model, inference, low, high, config, generator, value_scale, sample, noise, on_step)
         episode = rollout(sim, policy, env_steps, seed, observation=observation, record_frames=record_frames)
     finally:
         for module, mode in modes:

@@ -107,4 +107,8 @@ def build(recipe: Recipe, spec: DataSpec, device: torch.device, source: str = "<
     except (ValueError, TypeError, RuntimeError, MemoryError) as err:  # e.g. a negative or absurd size
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise RecipeError(f"{source}: model/inference settings rejected ({first})") from None
+    if recipe.objective.overshooting and (recipe.objective.bound != "elbo" or not getattr(model, "rowwise", False)):
+        text = (f"objective.overshooting needs objective.bound 'elbo' and a row-wise model such as rssm "
+                f"(got bound {recipe.objective.bound!r}, model {type(model).__name__})")
+        raise RecipeError(f"{source}: {text}", key="objective.overshooting", detail=text)
     return model.to(device), inference.to(device)

@@ -176,7 +176,8 @@ def _loop(recipe: Recipe, run_dir: Path, dist: distributed.Dist, dev: torch.devi
     if obj.free_bits > 0 and model.z_dim % obj.free_bits_groups:
         raise RecipeError(f"{source}: 'objective.free_bits_groups' = {obj.free_bits_groups} does not divide the "
                           f"model's z size {model.z_dim}")
-    objective = lambda beta: Objective(bound, particles, beta, obj.free_bits, obj.free_bits_groups)  # noqa: E731
+    objective = lambda beta: Objective(bound, particles, beta, obj.free_bits, obj.free_bits_groups,  # noqa: E731
+                                       obj.overshooting, obj.overshooting_weight)
     # Adam is per parameter, so two groups are two optimizers with their own rates.
     optimizer = torch.optim.Adam([{"params": theta, "lr": cfg.lr},
                                   {"params": phi, "lr": cfg.inference_lr or cfg.lr}])

@@ -24,12 +24,25 @@ Observations:
 
 * state vectors (``frame_shape`` (D,)): enc = MLP(o_t) of ``hidden_size``
   units; the emission is an MLP of [h_t, z_t] to a diagonal Normal with a
-  learned scale (``EmissionHead``), or Bernoulli logits for binary data.
+  learned scale (``EmissionHead``), or with the fixed scale ``obs_scale``
+  (PlaNet's emissions have a fixed unit variance), or Bernoulli logits for
+  binary data. A fixed scale keeps the state in z: with a learned one, the
+  emission can explain a hard feature (Pendulum's sin and angular speed) as
+  noise by raising its scale, and q then stops encoding it (measured: a
+  learned scale reconstructed cos but predicted sin and speed as 0 after
+  1,200 updates; README, World models).
 * 64x64 frames (``frame_shape`` (C, 64, 64)): the DCGAN-64 encoder and
   decoder of ``seqvi.models.conv64`` with width ``channels`` (PlaNet: 32) and
   a code of ``embed_size`` units (PlaNet: 1,024); the decoder reads
-  Linear([h_t, z_t]) as its code. The emission is N(sigmoid(logits),
+  Linear([h_t, z_t]) as its code. The emission is N(link(logits),
   ``pixel_scale``) (PlaNet: a unit-variance Gaussian) or Bernoulli(logits).
+  ``pixel_link`` (``PIXEL_LINKS``): ``sigmoid`` keeps the mean in (0, 1);
+  ``shifted`` is PlaNet's linear mean, 0.5 + logits (PlaNet decodes
+  frames - 0.5). Measured on Pendulum frames (README, World models): with
+  ``sigmoid`` the decoder fit the white background by saturating, whose
+  gradient then vanished on the rod's pixels too, and the model never drew
+  the rod (KL 0.08 nats per step: q unused); the linear mean has no such
+  plateau.
 
 Sizes default to PlaNet's: GRU 200, z 30, hidden layers 200, the input
 embedding of [z, a] 200, ELU activations.
@@ -52,6 +65,13 @@ from torch.distributions import Bernoulli, Distribution, Normal
 
 from seqvi.models.base import LIKELIHOODS, EmissionHead, SequentialModel, mlp
 from seqvi.models.conv64 import BACKBONES, NORMS
+
+
+def _shifted(logits: Tensor) -> Tensor:
+    return logits + 0.5
+
+
+PIXEL_LINKS = {"sigmoid": torch.sigmoid, "shifted": _shifted}   # the mean of N(., pixel_scale) from the decoder
 
 
 class RSSMState(NamedTuple):
@@ -78,7 +98,7 @@ class RSSM(SequentialModel):
     def __init__(self, x_dim: int, likelihood: str = "gaussian", frame_shape: tuple = (), input_dim: int = 0,
                  deter_size: int = 200, z_size: int = 30, hidden_size: int = 200, embed_size: int = 1024,
                  channels: int = 32, backbone: str = "dcgan", norm: str = "none", min_scale: float = 0.1,
-                 pixel_scale: float = 1.0):
+                 pixel_scale: float = 1.0, obs_scale: Optional[float] = None, pixel_link: str = "sigmoid"):
         super().__init__()
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}")
@@ -90,11 +110,15 @@ class RSSM(SequentialModel):
             raise ValueError(f"RSSM observations must be vectors (D,) or frames (C, 64, 64), got {frame_shape}")
         if min(deter_size, z_size, hidden_size, embed_size, channels) < 1 or input_dim < 0 or min_scale <= 0:
             raise ValueError("RSSM sizes must be positive (input_dim >= 0) and min_scale > 0")
-        for key, value, known in (("backbone", backbone, BACKBONES), ("norm", norm, NORMS)):
+        if obs_scale is not None and (obs_scale <= 0 or likelihood != "gaussian"):
+            raise ValueError("RSSM obs_scale must be positive, and is for a Gaussian emission")
+        for key, value, known in (("backbone", backbone, BACKBONES), ("norm", norm, NORMS),
+                                  ("pixel_link", pixel_link, PIXEL_LINKS)):
             if value not in known:
                 raise ValueError(f"model.{key} must be one of {', '.join(known)}, got {value!r}")
         self.x_dim, self.z_dim, self.input_dim, self.deter_size = x_dim, z_size, input_dim, deter_size
         self.frame_shape, self.likelihood, self.pixel_scale = frame_shape, likelihood, pixel_scale
+        self.obs_scale, self.pixel_link = obs_scale, PIXEL_LINKS[pixel_link]
         self.rowwise = norm != "batch"
         H, Z, F = deter_size, z_size, hidden_size
         self.embed = mlp([Z + input_dim, F], nn.ELU)                   # elu(W [z_{t-1}, a_{t-1}])
@@ -109,7 +133,8 @@ class RSSM(SequentialModel):
             self.feature_size = embed_size + H
         else:
             self.encoder = mlp([x_dim, F], nn.ELU)                                           # enc(o_t), (B, F)
-            self.decoder = nn.Sequential(mlp([H + Z, F, F], nn.ELU), EmissionHead(F, x_dim, likelihood))
+            head = nn.Linear(F, x_dim) if obs_scale is not None else EmissionHead(F, x_dim, likelihood)
+            self.decoder = nn.Sequential(mlp([H + Z, F, F], nn.ELU), head)          # loc, or p(o_t | .)
             self.feature_size = F + H
 
     def initial_state(self, batch_size: int) -> RSSMState:
@@ -132,13 +157,16 @@ class RSSM(SequentialModel):
     def emission(self, z: Tensor, state: RSSMState) -> Distribution:
         hz = torch.cat([state.h, z], -1)                                                    # (B, H + Z)
         if not self.pixels:
+            if self.obs_scale is not None:                                                  # N(loc, obs_scale)
+                loc = self.decoder(hz)
+                return Normal(loc, torch.full_like(loc, self.obs_scale), validate_args=False)
             return self.decoder(hz)                                                         # (B, D)
         code = self.decode_in(hz)
         skips = [code.new_zeros(code.shape[0], *shape) for shape in self.encoder.skip_shapes]
         logits = self.decoder(code, skips)                                                  # (B, C, 64, 64)
         if self.likelihood == "bernoulli":
             return Bernoulli(logits=logits, validate_args=False)
-        return Normal(torch.sigmoid(logits), torch.full_like(logits, self.pixel_scale), validate_args=False)
+        return Normal(self.pixel_link(logits), torch.full_like(logits, self.pixel_scale), validate_args=False)
 
     def reward(self, z: Tensor, state: RSSMState) -> Normal:
         mean = self.reward_net(torch.cat([state.h, z], -1)).squeeze(-1)                     # (B,)
