@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 
 from seqvi.cli import app
 from seqvi.data.store import Store
+from seqvi.engine.status import run_status
 
 from conftest import REPO, random_piece, tiny_recipe, write_midi
 
@@ -114,3 +115,9 @@ def test_killed_train_leaves_whole_metrics_lines_and_resumes(tiny_store, tmp_pat
     steps = [r["step"] for r in records if "loss" in r]
     assert steps == list(range(1, steps[-1] + 1))  # each step once: lines after the checkpoint were replayed
     assert [r["epoch"] for r in records if "valid_nats_per_step" in r] == list(range(1, epochs + 1))
+    # the killed call has a start and no stop: status and training time still read (seqvi runs, sweep, compare)
+    status = run_status(run_dir)
+    assert status.status == "finished" and status.epoch == epochs
+    times = [r["time"] for r in records]
+    assert 0 < status.seconds <= max(times) - min(times) + 5      # the two calls' segments, the gap excluded
+    assert len(status.curve) == epochs and all(t == t for _, _, t in status.curve)

@@ -329,17 +329,24 @@ def _classify(run_dir: Path, out: RunStatus, history: list[dict]) -> tuple[str, 
 
 def _timeline(history: list[dict], metrics: list[dict], valid: list[dict]) -> tuple[float, list]:
     """Training seconds (start..stop segments; gaps between calls do not count) and the curve."""
+    times = [float(r["time"]) for r in metrics if isinstance(r.get("time"), (int, float))]
+
+    def last_line(start: float, before: float) -> float:   # a killed call ends at its last metrics line
+        return max([t for t in times if start <= t <= before] + [start])
+
     segments = []
     for record in history:
         if record["event"] == "start":
-            segments.append([float(record.get("time", 0)), None])
+            start = float(record.get("time", 0))
+            if segments and segments[-1][1] is None:
+                segments[-1][1] = last_line(segments[-1][0], start)
+            segments.append([start, None])
         elif segments and segments[-1][1] is None:
             segments[-1][1] = float(record.get("time", 0))
-    times = [float(r["time"]) for r in metrics if isinstance(r.get("time"), (int, float))]
     if not segments and times:   # a run from before history.jsonl: first to last line
         segments = [[min(times), max(times)]]
     if segments and segments[-1][1] is None:
-        segments[-1][1] = max(times + [segments[-1][0]])
+        segments[-1][1] = last_line(segments[-1][0], math.inf)
 
     def elapsed(t: float) -> float:
         return sum(max(0.0, min(t, b) - a) for a, b in segments if a <= t)
