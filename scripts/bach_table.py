@@ -19,10 +19,10 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# Direct and the chosen AVF per model, then the rows that explain the levers (AVF as it was: 5 iterations
-# from the prior). Longest first.
+# Direct and the chosen AVF per model, then the rows that explain the levers: AVF reading the observation
+# instead of the errors, and AVF as it was (5 iterations from the prior, gradients only). Longest first.
 ROWS = ["vrnn_avf_best", "srnn_avf_best", "dmm_avf_best", "vrnn_direct", "srnn_direct", "dmm_direct",
-        "vrnn_avf5", "srnn_avf5", "dmm_avf5"]
+        "vrnn_avf_obs", "srnn_avf_obs", "dmm_avf_obs", "vrnn_avf5", "srnn_avf5", "dmm_avf5"]
 EVAL = "--bound all --particles 16 --refine 20"
 
 
