@@ -303,6 +303,19 @@ def _cem_config(horizon: int, candidates: int, top_k: int, iterations: int):
         raise SeqviError(f"--top-k {top_k} must not exceed --candidates {candidates}") from err
 
 
+def _play(name: str, checkpoint: Path, device: str, threads: Optional[int], play):
+    """Load the run and call ``play(run, progress)`` (plan or collect) under a progress bar -> (run, summary)."""
+    from seqvi.engine.run import load_run
+    from seqvi.engine.setup import configure_threads
+    from seqvi.report import progress_bar
+
+    configure_threads(threads)
+    run = load_run(checkpoint, device)
+    with progress_bar() as bar:
+        task = bar.add_task(name, total=None, info="")
+        return run, play(run, lambda done, total: bar.update(task, completed=done, total=total))
+
+
 HorizonOpt = typer.Option(12, "--horizon", min=1, help="CEM: actions planned ahead (stored steps; PlaNet: 12).")
 CandidatesOpt = typer.Option(1000, "--candidates", min=1, help="CEM: action sequences per iteration (PlaNet: 1,000).")
 TopKOpt = typer.Option(100, "--top-k", min=1, help="CEM: elites refit per iteration (PlaNet: 100).")
@@ -321,17 +334,11 @@ def plan(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run director
          device: str = DeviceOpt, threads: Optional[int] = ThreadsOpt) -> None:
     """Model-predictive control in the run's latent space (CEM, PlaNet's defaults) in its real environment."""
     from seqvi.engine.control import plan_run
-    from seqvi.engine.run import load_run
-    from seqvi.engine.setup import configure_threads
-    from seqvi.report import console, plan_table, progress_bar
+    from seqvi.report import console, plan_table
 
-    configure_threads(threads)
     config = _cem_config(horizon, candidates, top_k, iterations)
-    run = load_run(checkpoint, device)
-    with progress_bar() as bar:
-        task = bar.add_task("plan", total=None, info="")
-        summary = plan_run(run, episodes, config=config, seed=seed, noise=noise, env_steps=env_steps, video=video,
-                           progress=lambda done, total: bar.update(task, completed=done, total=total))
+    run, summary = _play("plan", checkpoint, device, threads, lambda run, progress: plan_run(
+        run, episodes, config=config, seed=seed, noise=noise, env_steps=env_steps, video=video, progress=progress))
     console.print(f"checkpoint: {run.checkpoint} (epoch {run.epoch}, step {run.step})")
     console.print(plan_table(summary))
     console.print(f"return {summary.mean:.1f} ± {summary.sd:.1f} over {len(summary.returns)} episodes; "
@@ -353,18 +360,12 @@ def collect(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run direc
             device: str = DeviceOpt, threads: Optional[int] = ThreadsOpt) -> None:
     """Play episodes with the planner (and exploration noise) and append them to the run's data set."""
     from seqvi.engine.control import collect_run
-    from seqvi.engine.run import load_run
-    from seqvi.engine.setup import configure_threads
-    from seqvi.report import console, plan_table, progress_bar
+    from seqvi.report import console, plan_table
 
-    configure_threads(threads)
     config = _cem_config(horizon, candidates, top_k, iterations)
-    run = load_run(checkpoint, device)
-    with progress_bar() as bar:
-        task = bar.add_task("collect", total=None, info="")
-        summary = collect_run(run, episodes, source=source, split=split, config=config, seed=seed, noise=noise,
-                              env_steps=env_steps,
-                              progress=lambda done, total: bar.update(task, completed=done, total=total))
+    _, summary = _play("collect", checkpoint, device, threads, lambda run, progress: collect_run(
+        run, episodes, source=source, split=split, config=config, seed=seed, noise=noise, env_steps=env_steps,
+        progress=progress))
     console.print(plan_table(summary, title="collected episodes"))
     added = summary.appended
     console.print(f"appended {added.sequences} episodes ({added.steps:,} steps) to split '{added.split}' as source "
