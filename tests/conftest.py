@@ -96,3 +96,12 @@ def tiny_recipe(root: Path, **train) -> dict:
         "inference": {"name": "direct", "hidden_sizes": [8]},
         "train": {"epochs": 2, "lr": 0.01, "log_every": 1, **train},
     }
+
+
+def one_line_error(result, needle: str) -> None:
+    """A CLI result that is a bad-input answer: exit 2, one 'error:' line containing ``needle``, no traceback."""
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert "Traceback" not in result.output
+    assert needle in lines[0], lines[0]

@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 
 from seqvi.cli import app
 
+from conftest import one_line_error
+
 runner = CliRunner()
 
 MANIFEST = """\
@@ -30,14 +32,6 @@ files: []
 
 def run(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def one_line_error(result, needle: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    assert "Traceback" not in result.output
-    assert needle in lines[0], lines[0]
 
 
 def manifest(folder, name="bad", env="Pendulum-v1", steps=10, repeat=2,

@@ -23,7 +23,7 @@ from seqvi.inference import INFERENCE
 from seqvi.models.rssm import RSSM
 from seqvi.objectives import filter_sequence, training_loss
 
-from conftest import REPO, tiny_recipe
+from conftest import REPO, one_line_error, tiny_recipe
 
 runner = CliRunner()
 TINY_PLAN = ["--horizon", "4", "--candidates", "16", "--top-k", "4", "--iterations", "2", "--env-steps", "40"]
@@ -33,11 +33,6 @@ def run(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def one_line_error(result, needle: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    assert "Traceback" not in result.output and needle in lines[0], lines[0]
 
 
 def rssm_recipe(root, **train_cfg) -> dict:
