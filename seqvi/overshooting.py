@@ -75,7 +75,7 @@ def overshooting_kl(model: Any, path: stacked.Path, x: Tensor, mask: Tensor, dis
         target = lambda v: torch.cat([v.new_zeros(B, d - 1), v[:, :T - d + 1]], 1)         # noqa: E731  start k -> step t
         total, count = total + target(kl * valid), count + target(valid)
         z = reparameterize(p_z)
-        state = model.advance(state, model.emission(z, state).mean if model.advance_needs_x else None, z)
+        state = model.advance_imagined(state, z)
     return total / count.clamp_min(1.0) * mask
 
 

@@ -73,13 +73,13 @@ def _rollout(model: Any, inference: Any, x: torch.Tensor, u: torch.Tensor, conte
         if t < context:
             with torch.enable_grad():            # AVF differentiates F_t inside posterior
                 q = inference.posterior(model, x[:, t], state, p_z, q_state)
-            z, q_state, x_t = q.q_z.sample(), q.q_state, x[:, t]
+            z, q_state = q.q_z.sample(), q.q_state
+            state = model.advance(state, x[:, t], z)
         else:
             z = p_z.sample()
-            x_t = model.emission(z, state).mean
-            obs.append(x_t)
+            obs.append(model.emission(z, state).mean)
             rewards.append(model.reward(z, state).mean)
-        state = model.advance(state, x_t if model.advance_needs_x or t < context else None, z)
+            state = model.advance_imagined(state, z, obs[-1])
     return torch.stack(obs, 1), torch.stack(rewards, 1)
 
 

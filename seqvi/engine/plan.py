@@ -8,6 +8,7 @@ the ``PlanningModel`` protocol below lists them)::
     reward(z, state)    -> Distribution over (B,)                                    p(r_t | h_t, z_t)
     emission(z, state)  -> Distribution over (B, *X)                                 p(x_t | h_t, z_t)
     advance(state, x, z) -> state      x may be None when ``advance_needs_x`` is False
+    advance_imagined(state, z)          advance without an observation (``SequentialModel``)
 
 Imagination (``imagined_returns``). From a filtered state of ONE row (the
 belief after the latest real observation), repeated for N candidates
@@ -16,7 +17,7 @@ belief after the latest real observation), repeated for N candidates
     state = condition(state, a_k)               # the action taken after the last step
     z     ~ prior(state)                        # (N, Z)
     R    += reward(z, state).mean               # (N,)
-    state = advance(state, x, z),  x = None if not advance_needs_x else emission(z, state).mean
+    state = advance_imagined(state, z)   (x = None, or emission(z, state).mean if advance_needs_x)
 
 z is SAMPLED from the prior, as in PlaNet: the model's recurrent path was
 trained on posterior samples, so sampled z keep it on the inputs it knows,
@@ -72,6 +73,7 @@ class PlanningModel(Protocol):
     def emission(self, z: Tensor, state: Any) -> Distribution: ...
     def reward(self, z: Tensor, state: Any) -> Distribution: ...
     def advance(self, state: Any, x: Optional[Tensor], z: Tensor) -> Any: ...
+    def advance_imagined(self, state: Any, z: Tensor) -> Any: ...
 
 
 def draw(p_z: Normal, generator: Optional[torch.Generator]) -> Tensor:
@@ -92,8 +94,7 @@ def imagined_returns(model: PlanningModel, state: Any, actions: Tensor, generato
         p_z = model.prior(state)
         z = draw(p_z, generator) if sample else p_z.mean                     # (N, Z)
         total = total + model.reward(z, state).mean
-        x = model.emission(z, state).mean if model.advance_needs_x else None
-        state = model.advance(state, x, z)
+        state = model.advance_imagined(state, z)
     return total
 
 

@@ -98,6 +98,14 @@ class SequentialModel(nn.Module):
         reports the reward's NLL, and the planner (``seqvi plan``) sums its mean."""
         raise NotImplementedError
 
+    def advance_imagined(self, state: Any, z: Tensor, x_mean: Optional[Tensor] = None) -> Any:
+        """``advance`` without an observation (imagination: planning, open-loop prediction, latent
+        overshooting): the emission's mean (``x_mean`` if the caller has it) stands in for x_t when
+        ``advance`` reads it, and x is None otherwise (``advance_needs_x``)."""
+        if not self.advance_needs_x:
+            return self.advance(state, None, z)
+        return self.advance(state, self.emission(z, state).mean if x_mean is None else x_mean, z)
+
     def z_state(self, z: Tensor) -> Any:
         """For ``markov_in_z`` models: the state after a step that sampled z (B, Z)."""
         raise NotImplementedError
