@@ -138,9 +138,9 @@ def play(run: Any, episodes: int, *, config: CEMConfig, seed: int, stream: int, 
             "checkpoint": str(run.checkpoint), "epoch": run.epoch, "step": run.step})
         results = []
         for e in range(episodes):
-            done = e * per_episode
+            done, reset = e * per_episode, episode_seed(seed, stream, e)
             result = control_episode(
-                run.model, run.inference, sim, env_steps=steps, seed=episode_seed(seed, stream, e),
+                run.model, run.inference, sim, env_steps=steps, seed=reset,
                 observation=where.observation, value_scale=where.value_scale, config=config, noise=noise,
                 record_frames=e < record, device=run.device,
                 on_step=None if progress is None else lambda k: progress(done + k, episodes * per_episode))
@@ -149,7 +149,7 @@ def play(run: Any, episodes: int, *, config: CEMConfig, seed: int, stream: int, 
             summary.predicted.append(float(np.mean(result.plans)) if result.plans else math.nan)
             summary.step_seconds.append(float(np.mean(result.step_seconds)) if result.step_seconds else 0.0)
             summary.steps.append(len(result.step_seconds))
-            summary.seeds.append(episode_seed(seed, stream, e))
+            summary.seeds.append(reset)
         fps = sim.fps
     summary.seconds = time.perf_counter() - started
     summary.config["fps"] = fps
