@@ -2,7 +2,7 @@
 
     python scripts/planet_loop.py recipes/planet_pendulum.yaml --out runs/planet [--rounds 4] [key=value ...]
 
-Everything happens in the library (``seqvi.engine.mbrl.model_based_loop``);
+Everything happens in the library (``seqvi.control.mbrl.model_based_loop``);
 this script parses, reports and draws the returns per round
 (OUT/returns.json, OUT/returns.png). Rerunning the same command continues
 from the last finished round.
@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
 
     from seqvi.config import load_recipe
-    from seqvi.engine.cem import CEMConfig
-    from seqvi.engine.mbrl import LoopSettings, model_based_loop
+    from seqvi.control.cem import CEMConfig
+    from seqvi.control.mbrl import LoopSettings, model_based_loop
     from seqvi.engine.setup import configure_threads, validate_sections
     from seqvi.errors import SeqviError
     from seqvi.report import console, err_console, plot_loop_returns, loop_table

@@ -270,7 +270,7 @@ def predict(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run direc
             seed: int = typer.Option(0, "--seed"), device: str = DeviceOpt, threads: Optional[int] = ThreadsOpt) -> None:
     """Prediction from real context: video, best of N samples by PSNR and SSIM per predicted frame;
     interaction data (actions), open loop with the recorded actions: observation and reward error per step."""
-    from seqvi.engine.predict import predict_split
+    from seqvi.control.open_loop import predict_split
     from seqvi.engine.run import load_run
     from seqvi.engine.runs import write_text_atomic
     from seqvi.engine.setup import configure_threads
@@ -295,7 +295,7 @@ def predict(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run direc
 
 
 def _cem_config(horizon: int, candidates: int, top_k: int, iterations: int):
-    from seqvi.engine.cem import CEMConfig
+    from seqvi.control.cem import CEMConfig
 
     try:
         return CEMConfig(horizon, candidates, top_k, iterations)
@@ -333,7 +333,7 @@ def plan(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run director
          seed: int = typer.Option(0, "--seed", help="Seeds the episodes' resets and the planner's draws."),
          device: str = DeviceOpt, threads: Optional[int] = ThreadsOpt) -> None:
     """Model-predictive control in the run's latent space (CEM, PlaNet's defaults) in its real environment."""
-    from seqvi.engine.control import plan_run
+    from seqvi.control.act import plan_run
     from seqvi.report import console, plan_table
 
     config = _cem_config(horizon, candidates, top_k, iterations)
@@ -359,7 +359,7 @@ def collect(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run direc
             seed: int = typer.Option(0, "--seed", help="Seeds the episodes' resets and the planner's draws."),
             device: str = DeviceOpt, threads: Optional[int] = ThreadsOpt) -> None:
     """Play episodes with the planner (and exploration noise) and append them to the run's data set."""
-    from seqvi.engine.control import collect_run
+    from seqvi.control.act import collect_run
     from seqvi.report import console, plan_table
 
     config = _cem_config(horizon, candidates, top_k, iterations)
@@ -382,7 +382,7 @@ def sweep(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
           device: str = DeviceOpt, threads: Optional[int] = ThreadsOpt) -> None:
     """Train a grid of overrides x seeds one run after another, then evaluate each; a rerun resumes the sweep."""
     from seqvi.engine.setup import configure_threads
-    from seqvi.engine.sweep import split_seeds, sweep as run_sweep
+    from seqvi.experiments.sweep import split_seeds, sweep as run_sweep
     from seqvi.report import SweepProgress, TrainProgress, console, free_energy_figure, progress_bar, sweep_table
 
     seed_list, grid_items = split_seeds(seeds, grid or [])
@@ -434,7 +434,7 @@ def compare(paths: List[Path] = typer.Argument(..., help="Run directories, or fo
             markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write the table as Markdown."),
             plot: Optional[Path] = typer.Option(None, "--plot", help="Learning-curve PNG (default: compare.png beside the runs).")) -> None:
     """Compare runs in one table (seeds pooled: mean ± sd) and plot their learning curves."""
-    from seqvi.engine.compare import compare as run_compare
+    from seqvi.experiments.compare import compare as run_compare
     from seqvi.engine.runs import write_text_atomic
     from seqvi.report import compare_csv, compare_flags, compare_markdown, compare_table, console, plot_learning_curves
 
@@ -452,7 +452,7 @@ def compare(paths: List[Path] = typer.Argument(..., help="Run directories, or fo
 @command
 def runs(paths: Optional[List[Path]] = typer.Argument(None, help="Run directories or folders of runs (default: runs).")) -> None:
     """List runs with their status (finished, running, preempted, stopped, failed, empty), epoch and best valid."""
-    from seqvi.engine.status import find_runs, run_status
+    from seqvi.experiments.listing import find_runs, run_status
     from seqvi.report import console, runs_table
 
     found = find_runs(paths or [Path("runs")])

@@ -239,7 +239,7 @@ def buckets(length: int) -> list[tuple[int, int]]:
     return [r for r in rows if r[0] <= length]
 
 
-from seqvi.engine.compare import COLLAPSE_KL  # noqa: E402  (no torch; nats per step: below it, z carries nothing)
+from seqvi.experiments.compare import COLLAPSE_KL  # noqa: E402  (no torch; nats per step: below it, z carries nothing)
 
 
 def collapse_note(kl_per_step: float) -> str:
@@ -293,7 +293,7 @@ def _age(seconds: float) -> str:
 
 
 def runs_table(statuses: list, now: float | None = None) -> Table:
-    """``seqvi runs``: one row per run directory with its status (seqvi/engine/status.py has the rule)."""
+    """``seqvi runs``: one row per run directory with its status (seqvi/experiments/listing.py has the rule)."""
     import time
 
     now = time.time() if now is None else now

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from seqvi.cli import app
 from seqvi.config import recipe_from_dict
-from seqvi.engine.status import run_status
+from seqvi.experiments.listing import run_status
 from seqvi.engine.train import Preempted, train
 
 from conftest import REPO, TINY_MANIFEST, make_corpus

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from seqvi.cli import app
 from seqvi.data.store import Store
-from seqvi.engine.status import run_status
+from seqvi.experiments.listing import run_status
 
 from conftest import REPO, random_piece, tiny_recipe, write_midi
 

@@ -17,8 +17,8 @@ from torch.distributions import Normal
 
 from seqvi.data.environment import Simulator
 from seqvi.data.video_samples import write_rgb_mp4
-from seqvi.engine.cem import CEMConfig, cem
-from seqvi.engine.plan import control_episode, imagined_returns
+from seqvi.control.cem import CEMConfig, cem
+from seqvi.control.plan import control_episode, imagined_returns
 from seqvi.free_energy import map_state, repeat_rows
 from seqvi.inference.base import Inference, Posterior
 from seqvi.models.base import SequentialModel

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from seqvi.data.environment import Simulator
-from seqvi.engine.cem import CEMConfig
-from seqvi.engine.plan import control_episode, imagined_returns
+from seqvi.control.cem import CEMConfig
+from seqvi.control.plan import control_episode, imagined_returns
 from seqvi.inference.direct import DirectFilter
 from seqvi.models.base import SequentialModel
 from seqvi.models.rssm import RSSM, RSSMState

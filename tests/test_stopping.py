@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from seqvi.cli import app
 from seqvi.config import recipe_from_dict
 from seqvi.engine import checkpoint
-from seqvi.engine.status import HISTORY, LOCK, run_status
+from seqvi.engine.lifecycle import HISTORY, LOCK
+from seqvi.experiments.listing import run_status
 from seqvi.engine.train import train
 
 from conftest import REPO, make_corpus, tiny_recipe

@@ -23,8 +23,9 @@ import yaml
 from typer.testing import CliRunner
 
 from seqvi.cli import app
-from seqvi.engine.status import HISTORY, SUBMITTED, run_status
-from seqvi.engine.sweep import split_values
+from seqvi.engine.lifecycle import HISTORY, SUBMITTED
+from seqvi.experiments.listing import run_status
+from seqvi.experiments.sweep import split_values
 
 from conftest import REPO, TINY_MANIFEST, make_corpus, tiny_recipe
 

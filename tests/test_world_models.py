@@ -213,8 +213,8 @@ def test_rssm_run_with_overshooting_resumes_bitwise(world, tmp_path):
 
 
 def test_the_model_based_loop_continues_from_its_last_finished_round(tmp_path):
-    from seqvi.engine.cem import CEMConfig
-    from seqvi.engine.mbrl import LoopSettings, model_based_loop
+    from seqvi.control.cem import CEMConfig
+    from seqvi.control.mbrl import LoopSettings, model_based_loop
 
     recipe = recipe_from_dict(rssm_recipe("unused", epochs=1))          # the loop sets its own data root
     tiny = dict(test_episodes=1, collect_episodes=2, plan=CEMConfig(4, 16, 4, 2), random_episodes=3, env_steps=20)
@@ -253,7 +253,7 @@ def test_open_loop_prediction_with_the_true_dynamics_is_exact(world):
     """Pendulum-v1's own dynamics as the model (tests/test_planning.py): rolled open loop with the recorded
     actions from filtered real states, it predicts the stored observations and rewards, so the
     protocol's alignment (condition, prior, emission and reward, advance) is the store's."""
-    from seqvi.engine.open_loop import predict_open_loop
+    from seqvi.control.open_loop import predict_open_loop
     from test_planning import ReadTheState, TruePendulum
 
     with Store(world["root"] / "processed" / "pendulum.h5") as store:

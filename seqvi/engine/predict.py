@@ -114,11 +114,3 @@ def protocol_of(split: SplitData) -> str:
     """Which prediction protocol fits a split: open loop for interaction data (actions and rewards in the
     store), the SVG protocol otherwise."""
     return "control" if getattr(split, "has_inputs", False) and getattr(split, "has_rewards", False) else "video"
-
-
-def predict_split(model: Any, inference: Any, split: SplitData, name: str, **options: Any) -> Any:
-    """``seqvi predict``: the protocol of ``PROTOCOLS`` that fits the split, with the command's options."""
-    from seqvi.engine.open_loop import predict_open_loop
-
-    protocols = {"video": predict, "control": predict_open_loop}
-    return protocols[protocol_of(split)](model, inference, split, name, **options)

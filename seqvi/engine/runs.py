@@ -6,7 +6,7 @@
     checkpoints/last.pt      latest state; best.pt: lowest validation free energy
     eval/<split>.json        evaluation results
     samples/                 MIDI/PNG samples
-    history.jsonl, train.lock, preempted    the run's starts and stops (seqvi/engine/status.py)
+    history.jsonl, train.lock, preempted    the run's starts and stops (seqvi/engine/lifecycle.py)
 
 Re-running ``train`` on a run directory resumes it when the resolved config is
 the same (``train.epochs``, ``train.patience``, ``train.max_minutes`` and

@@ -44,7 +44,7 @@ rerun of the same command resumes exactly:
   a rerun says the run is done (raise ``train.patience`` to go on).
 
 Each start and stop is recorded in ``history.jsonl`` and ``train.lock`` marks
-a running process (``seqvi.engine.status``, which ``seqvi runs`` reads).
+a running process (``seqvi.engine.lifecycle``, which ``seqvi runs`` reads).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ from seqvi.data.batches import Batch, crop_batch, epoch_order
 from seqvi.engine import checkpoint, distributed, runs
 from seqvi.engine.board import Board, require as require_tensorboard
 from seqvi.engine.evaluate import evaluate
-from seqvi.engine.status import INTERRUPT_EXIT, REQUEUE_EXIT, Interrupted, Lifecycle, Preempted
+from seqvi.engine.lifecycle import INTERRUPT_EXIT, REQUEUE_EXIT, Interrupted, Lifecycle, Preempted
 from seqvi.engine.setup import DataSpec, build, open_store, resolve_device
 from seqvi.engine.tally import EpochTally, number
 from seqvi.errors import CheckpointError, RecipeError, SeqviError

@@ -8,7 +8,7 @@ keys), trained with the recipe, the point's ``key=value`` overrides and
 ``seed=k``. Every point is validated before any is trained, so a typo fails
 at once and names its override.
 
-A rerun of the same sweep picks up where it stopped (``seqvi.engine.status``
+A rerun of the same sweep picks up where it stopped (``seqvi.experiments.listing``
 says what each run is): a finished run is not trained again; an unfinished
 one (stopped, preempted, failed, empty) resumes from its checkpoint; a run
 that another process is training is left to it. Then every finished run is
@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from seqvi.engine.status import SUBMITTED, Interrupted, Preempted, run_status
+from seqvi.engine.lifecycle import SUBMITTED, Interrupted, Preempted
+from seqvi.experiments.listing import run_status
 from seqvi.errors import RecipeError, SeqviError
 
 Events = Callable[[str, dict], None]

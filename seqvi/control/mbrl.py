@@ -26,8 +26,8 @@ from typing import Any, Callable, Optional
 
 from seqvi.data.append import used_sources
 from seqvi.data.manifest import store_path
-from seqvi.engine.cem import CEMConfig
-from seqvi.engine.control import collect_run, plan_run
+from seqvi.control.cem import CEMConfig
+from seqvi.control.act import collect_run, plan_run
 from seqvi.engine.runs import write_text_atomic
 
 Events = Callable[[str, dict], None]

@@ -59,7 +59,7 @@ from torch.distributions import Distribution, Normal
 
 from seqvi.data.environment import Simulator, rollout
 from seqvi.data.episodes import Episode
-from seqvi.engine.cem import CEMConfig, Plan, cem
+from seqvi.control.cem import CEMConfig, Plan, cem
 from seqvi.free_energy import map_state, repeat_rows
 
 

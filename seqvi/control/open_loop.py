@@ -10,7 +10,7 @@ copies run::
                x_hat_t = E[x_t | h_t, z_t],  r_hat_t = E[r_t | h_t, z_t]
                state = advance(state, x_hat_t or None, z_t)
 
-which is exactly what the planner imagines (``seqvi.engine.plan.imagined_returns``)
+which is exactly what the planner imagines (``seqvi.control.plan.imagined_returns``)
 for the actions that were really taken. Reported per predicted step k = 1..H,
 over sequences (obs in the store's units times ``value_scale``: pixels in [0, 1])::
 
@@ -140,3 +140,12 @@ def predict_open_loop(model: Any, inference: Any, split: SplitData, name: str, *
     result.last_rmse, result.reward_rmse = np.sqrt(sq["last"] / n), np.sqrt(sq["reward"] / n)
     result.return_error, result.mean_return = return_error / n, real_return / n
     return result
+
+
+def predict_split(model: Any, inference: Any, split: SplitData, name: str, **options: Any) -> Any:
+    """``seqvi predict``: open loop (above) for interaction data, the engine's SVG protocol for video, by what
+    the split holds (``seqvi.engine.predict.protocol_of``), with the command's options."""
+    from seqvi.engine.predict import predict, protocol_of
+
+    protocols = {"video": predict, "control": predict_open_loop}
+    return protocols[protocol_of(split)](model, inference, split, name, **options)

@@ -2,7 +2,7 @@
 
 Both play episodes of the run's environment (the store's ``env`` and
 ``action_repeat`` attributes, written by ``seqvi preprocess``) with
-model-predictive control in the run's latent space (``seqvi.engine.plan``):
+model-predictive control in the run's latent space (``seqvi.control.plan``):
 at every stored step the run's q filters the real observation, CEM searches
 H-step action sequences by imagined reward under the run's p, and the first
 action is held for the store's action repeat. Defaults are PlaNet's (horizon
@@ -37,8 +37,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from seqvi.data.environment import Simulator
-from seqvi.engine.cem import CEMConfig
-from seqvi.engine.plan import ControlResult, control_episode
+from seqvi.control.cem import CEMConfig
+from seqvi.control.plan import ControlResult, control_episode
 from seqvi.errors import SeqviError
 
 Progress = Callable[[int, int], None]

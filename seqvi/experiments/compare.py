@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seqvi.engine.runs import comparable
-from seqvi.engine.status import RunStatus, find_runs, run_status
+from seqvi.experiments.listing import RunStatus, find_runs, run_status
 
 COLLAPSE_KL = 0.01           # nats per step
 IGNORED_KEYS = (("seed",), ("train", "max_minutes"))
