@@ -65,10 +65,10 @@ __all__ = ["check_model", "check_inference", "build_model", "build_inference", "
 # --------------------------------------------------------------------------- building
 
 
-def build_model(factory: Any) -> SequentialModel:
-    """A model from a class (with its ``TEST_CONFIG``) or a zero-argument callable."""
+def build_model(factory: Any, **overrides) -> SequentialModel:
+    """A model from a class (with its ``TEST_CONFIG``, updated by ``overrides``) or a zero-argument callable."""
     if inspect.isclass(factory):
-        config = dict(getattr(factory, "TEST_CONFIG", None) or {})
+        config = {**(getattr(factory, "TEST_CONFIG", None) or {}), **overrides}
         accepted = inspect.signature(factory.__init__).parameters
         if "x_dim" in accepted and "x_dim" not in config:
             config["x_dim"] = 6
