@@ -241,7 +241,8 @@ def eval_(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run directo
         console.print(f"iterations plot: {plot_iterations(out['curve'], run.run_dir / 'eval' / f'{name}_iterations.png')}")
     console.print(f"{split}: {result.nats_per_step:.4f} nats/step, {result.nats_per_sequence:.2f} nats/sequence "
                   f"({result.num_sequences} sequences, {result.steps} steps)")
-    console.print(f"results: {out['json']}\nplot: {plot}")
+    console.print(f"results: {out['json']} (copied to {out['json'].parent / (split + '.json')}, the latest, "
+                  f"which `seqvi compare` reads)\nplot: {plot}")
 
 
 @command

@@ -361,7 +361,7 @@ def compare_table(comparison: Any) -> Table:
     """``seqvi compare``: one row per config, seeds pooled (mean ± sd); nats per step, lower is better."""
     header, rows = _compare_cells(comparison)
     table = Table(title=f"{len(comparison.runs)} runs, {len(comparison.rows)} rows — nats per step, lower is "
-                        f"better; mean ± sd over seeds; eval columns from eval/{comparison.split}.json")
+                        f"better; mean ± sd over seeds; eval columns from {comparison.source}")
     for name in header:
         table.add_column(name, justify="left" if name in ("recipe", "model", "q", "differs", "seeds", "notes")
                          else "right", overflow="fold")
