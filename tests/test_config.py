@@ -101,3 +101,16 @@ def test_shipped_recipes_validate(path):
         if "unknown 'model.name'" not in str(err) and "unknown 'inference.name'" not in str(err):
             raise
     assert yaml.safe_load(yaml.safe_dump(recipe.to_dict())) == recipe.to_dict()
+
+
+def test_an_override_that_replaces_the_model_says_which_recipe_keys_it_dropped(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("model: {name: vrnn, hidden_size: 8, z_size: 3}\ninference: {name: direct}\n")
+    heard = []
+    recipe = load_recipe(path, ["model.name=srnn", "model.dense_size=6"], check=validate_sections, warn=heard.append)
+    assert recipe.model == {"name": "srnn", "dense_size": 6}
+    assert heard == ["override 'model.name=srnn' starts 'model' afresh: dropped the recipe's model.hidden_size, "
+                     "model.z_size (set them again as overrides to keep them)"]
+    heard.clear()
+    load_recipe(path, ["model.name=vrnn", "inference.name=avf"], check=validate_sections, warn=heard.append)
+    assert heard == []   # the same model name keeps the section; the inference section had only its name

@@ -101,7 +101,6 @@ def test_a_second_ctrl_c_aborts_at_once_and_keeps_the_last_checkpoint(tmp_path, 
     run_dir = tmp_path / "run"
     process = seqvi_process("train", recipe, "--run-dir", run_dir, "--device", "cpu")
     wait_for(lambda: logged_steps(run_dir) >= 2, process)        # 2 batches per epoch: validation has begun
-    started = time.monotonic()
     process.send_signal(signal.SIGINT)
     time.sleep(0.3)
     assert process.poll() is None                               # still validating: the first Ctrl-C waits for it
@@ -109,8 +108,10 @@ def test_a_second_ctrl_c_aborts_at_once_and_keeps_the_last_checkpoint(tmp_path, 
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert err.strip().splitlines() == ["aborted: Ctrl-C (a run keeps its last checkpoint; rerun to resume)"]
-    assert time.monotonic() - started < 5
-    assert not (run_dir / "checkpoints" / "last.pt").exists()   # aborted before the epoch's checkpoint
+    # Order, not wall time: the abort came before the validation finished (no valid record for epoch 1)
+    # and so before the epoch's checkpoint.
+    assert not any("valid_nats_per_step" in line for line in (run_dir / "metrics.jsonl").read_text().splitlines())
+    assert not (run_dir / "checkpoints" / "last.pt").exists()
     assert not (run_dir / LOCK).exists() and stops(run_dir)[-1]["reason"] == "abort"
     assert run_status(run_dir).status in ("empty", "stopped")
 
@@ -119,9 +120,7 @@ def test_time_budget_stops_like_a_signal_but_exits_0_and_a_rerun_continues(tiny_
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(tiny_store, epochs=100000, max_minutes=0.02)))
     run_dir = tmp_path / "run"
-    started = time.monotonic()
     result = run("train", recipe, "--run-dir", run_dir, "--device", "cpu")
-    assert time.monotonic() - started < 20
     assert result.exit_code == 0, result.output
     assert "time budget of 0.02 min used at epoch" in result.output and "rerun the same command" in result.output
     state = checkpoint.load(run_dir / "checkpoints" / "last.pt")
