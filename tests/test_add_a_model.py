@@ -171,3 +171,31 @@ def test_a_name_that_resolves_to_nothing_is_one_line_with_a_did_you_mean(plugin,
     (plugin / "gru_plugin" / "broken.py").write_text("raise RuntimeError('the plugin is broken')\n")
     with pytest.raises(RecipeError, match="importing it failed .RuntimeError: the plugin is broken"):
         registry.resolve("models", "gru_plugin.broken:X", MODELS, "model.name")
+
+
+@pytest.mark.parametrize("adapter", ["my_midi", "gru_plugin.adapters:preprocess"])
+def test_a_data_adapter_comes_from_a_plugin_by_entry_point_or_import_path(plugin, manifests, tmp_path, monkeypatch,
+                                                                           adapter):
+    from seqvi.data.prepare import preprocess
+    from seqvi.data.store import Store
+
+    from conftest import TINY_MANIFEST, make_corpus
+
+    (plugin / "gru_plugin" / "adapters.py").write_text(
+        "from seqvi.data.polyphonic import preprocess_midi\n\n\n"
+        "def preprocess(manifest, source, out_path, **options):   # a researcher's adapter: MIDI, counted\n"
+        "    preprocess.calls = getattr(preprocess, 'calls', 0) + 1\n"
+        "    return preprocess_midi(manifest, source, out_path, **options)\n")
+    (plugin / "gru_plugin-0.1.dist-info" / "entry_points.txt").write_text(
+        "[seqvi.adapters]\nmy_midi = gru_plugin.adapters:preprocess\n")
+    monkeypatch.syspath_prepend(str(plugin))
+    (manifests / "mine.yaml").write_text(TINY_MANIFEST.replace("name: tiny", "name: mine")
+                                         .replace("adapter: midi", f"adapter: {adapter}"))
+    root = tmp_path / "data"
+    make_corpus(root / "raw" / "mine")
+    report = preprocess("mine", str(root))
+    import gru_plugin.adapters
+
+    assert gru_plugin.adapters.preprocess.calls == 1
+    with Store(report.path) as store:
+        assert len(store.split("train")) == 8
