@@ -188,14 +188,15 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     # A new model.name / inference.name starts that section afresh (its old keys
     # belong to another constructor); the section's other overrides then apply.
     names = [o for o in overrides if o.split("=", 1)[0].strip() in {f"{s}.name" for s in OPEN_SECTIONS}]
+    notes = []   # told once the recipe is valid (an error is the one line then)
     for item in names:
         section, value = item.split(".", 1)[0], yaml.safe_load(item.split("=", 1)[1])
         if not isinstance(raw.get(section), dict) or raw[section].get("name") != value:
             dropped = [f"{section}.{k}" for k in (raw.get(section) or {}) if k != "name"] \
                 if isinstance(raw.get(section), dict) else []
-            if dropped and warn is not None:
-                warn(f"override '{item.strip()}' starts '{section}' afresh: dropped the recipe's "
-                     f"{', '.join(dropped)} (set them again as overrides to keep them)")
+            if dropped:
+                notes.append(f"override '{item.strip()}' starts '{section}' afresh: dropped the recipe's "
+                             f"{', '.join(dropped)} (set them again as overrides to keep them)")
             raw[section] = {}
     for item in names + [o for o in overrides if o not in names]:
         _apply_override(raw, item)
@@ -208,6 +209,8 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
         if item is None or err.detail is None:
             raise
         raise RecipeError(f"override '{item}': {err.detail}", key=err.key, detail=err.detail) from None
+    for line in notes if warn is not None else ():
+        warn(line)
     return recipe
 
 

@@ -141,15 +141,24 @@ def test_an_import_path_in_a_recipe_names_the_class_without_an_entry_point(plugi
                           {"name": "direct", "hidden_sizes": [8]})
     trained = seqvi(plugin, "train", recipe, "--run-dir", tmp_path / "run", "--device", "cpu", cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
-    assert "epoch 2" in trained.stdout or (tmp_path / "run" / "checkpoints" / "best.pt").exists()
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"]["name"] == "gru_plugin.model:GRUSSM"
     bad = seqvi(plugin, "train", recipe, "model.name=gru_plugin.modle:GRUSSM", "--run-dir", tmp_path / "r2",
                 cwd=tmp_path)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "gru_plugin.modle:GRUSSM" in errors[0] and "cannot import it" in errors[0]
-    # The override replaced the model section: a warning line names the recipe key it dropped.
-    assert any(line.startswith("warning:") and "dropped the recipe's model.z_size" in line
-               for line in bad.stderr.splitlines())
+    (line,) = bad.stderr.strip().splitlines()
+    assert line.startswith("error:") and "gru_plugin.modle:GRUSSM" in line and "cannot import it" in line
+
+
+def test_an_override_to_a_plugin_model_says_which_recipe_keys_it_dropped(plugin, tiny_store, tmp_path):
+    recipe = write_recipe(tmp_path / "vrnn.yaml", tiny_store, {"name": "vrnn", "hidden_size": 8, "z_size": 3},
+                          {"name": "direct", "hidden_sizes": [8]})
+    trained = seqvi(plugin, "train", recipe, "model.name=gru_plugin.model:GRUSSM", "model.z_size=2", "train.epochs=1",
+                    "--run-dir", tmp_path / "run", "--device", "cpu", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    assert ("warning: override 'model.name=gru_plugin.model:GRUSSM' starts 'model' afresh: dropped the recipe's "
+            "model.hidden_size, model.z_size") in " ".join(trained.stderr.split())
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"] == {
+        "name": "gru_plugin.model:GRUSSM", "z_size": 2}
 
 
 def test_the_plugin_passes_the_conformance_check(plugin, monkeypatch):
