@@ -5,7 +5,8 @@ prior) .. lambda^K are computed exactly as in filtering (``AVF.iterates``),
 and F_t(lambda^k) is measured for each k on the same ``samples`` noise draws
 (common random numbers, ``seqvi.free_energy.free_energy_at``), so the
 curve's differences are the iterations' and not the noise's. The filter
-advances with a sample from the final iterate, as AVF's own filtering does.
+advances with a sample from the final iterate, as AVF's own filtering does
+(through ``transit`` and ``advance``, the step order of ``seqvi.models.base``).
 
 Returns the mean F_t per real step at each iteration (nats/step).
 """
@@ -41,7 +42,7 @@ def iteration_curve(model: Any, avf: Any, split: SplitData, *, iterations: int, 
             state = model.initial_state(x.shape[0])
             for t in range(x.shape[1]):
                 x_t, m_t = x[:, t], mask[:, t]
-                state = model.condition(state, None if inputs is None else inputs[:, t])
+                state = model.observe(model.condition(state, None if inputs is None else inputs[:, t]), x_t)
                 p_z = model.prior(state)
                 eps = torch.randn(samples, *p_z.loc.shape, device=device)
                 lambdas = avf.iterates(model, x_t, state, p_z, iterations)
@@ -50,7 +51,7 @@ def iteration_curve(model: Any, avf: Any, split: SplitData, *, iterations: int, 
                 steps += float(m_t.sum())
                 loc, logvar = lambdas[-1]
                 z = reparameterize(Normal(loc, (0.5 * logvar).exp(), validate_args=False))
-                state = model.advance(state, x_t, z)
+                state = model.advance(model.transit(state, z), x_t, z)
             done += x.shape[0]
             if progress:
                 progress(done, len(split))
