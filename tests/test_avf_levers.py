@@ -25,6 +25,7 @@ SMALL = {
     "vrnn": dict(hidden_size=8, z_size=4, feature_size=8),
     "srnn": dict(hidden_size=8, z_size=4, dense_size=6),
     "dmm": dict(z_size=4, emission_size=6, transition_size=6),
+    "storn": dict(hidden_size=8, z_size=4, dense_size=6),
 }
 
 
