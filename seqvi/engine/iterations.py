@@ -8,7 +8,12 @@ curve's differences are the iterations' and not the noise's. The filter
 advances with a sample from the final iterate, as AVF's own filtering does
 (through ``transit`` and ``advance``, the step order of ``seqvi.models.base``).
 
-Returns the mean F_t per real step at each iteration (nats/step).
+Returns the mean F_t per real step at each iteration (nats/step). At the
+trained iteration count it differs slightly from the evaluation's F column:
+F draws one sample per step and its filter advances with the sample of the
+iterate it scores, while the curve averages its own ``samples`` draws and its
+filter advances with the last iterate's (K may exceed the trained count).
+``seqvi eval`` says so in the curve's caption (``seqvi.report.iteration_table``).
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ from seqvi.data.batches import whole_batches
 from seqvi.data.store import SplitData
 from seqvi.free_energy import free_energy_at, reparameterize
 
+CURVE_SAMPLES = 4   # noise draws per step, shared by every iterate (common random numbers)
+
 
 @torch.no_grad()
 def iteration_curve(model: Any, avf: Any, split: SplitData, *, iterations: int, batch_size: int,
-                    device: torch.device, seed: int = 0, samples: int = 4,
+                    device: torch.device, seed: int = 0, samples: int = CURVE_SAMPLES,
                     progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Mean F_t per real step at iterates 0..K, shape (K + 1,)."""
     model.eval()
