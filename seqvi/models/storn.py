@@ -49,6 +49,7 @@ class STORNState(NamedTuple):
 
 class STORN(SequentialModel):
     rowwise = True
+    TEST_CONFIG = dict(x_dim=6, likelihood="bernoulli", hidden_size=8, z_size=3, dense_size=6)
 
     def __init__(self, x_dim: int, likelihood: str = "bernoulli", hidden_size: int = 256, z_size: int = 32,
                  dense_size: int = 128, layers: int = 1):
