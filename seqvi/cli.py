@@ -237,7 +237,7 @@ def eval_(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run directo
     plot = plot_free_energy(result, run.run_dir / "eval" / f"{name}.png")
     if out["curve"] is not None:
         console.print(iteration_table(out["curve"], split, run.inference.iterations,
-                                      getattr(run.inference, "init", "prior")))
+                                      getattr(run.inference, "init", "prior"), out["curve_samples"]))
         console.print(f"iterations plot: {plot_iterations(out['curve'], run.run_dir / 'eval' / f'{name}_iterations.png')}")
     console.print(f"{split}: {result.nats_per_step:.4f} nats/step, {result.nats_per_sequence:.2f} nats/sequence "
                   f"({result.num_sequences} sequences, {result.steps} steps)")

@@ -9,6 +9,11 @@ the model's prior p(z_t | h) and emission p(x_t | z_t, h)::
     log alpha_t = log p(x_t | z_t, h) + log p(z_t | h) - log q(z_t | .)   (the particle weight)
 
 Log-densities and KLs are summed over every non-batch dimension. ``score``
+takes the state the emission reads (after the model's ``transit``, which the
+loops call once per step with the sample); ``free_energy_at`` and
+``free_energy_gradient`` take the state before it and evaluate a candidate
+z's emission as ``emit(model, z, state) = emission(z, transit(state, z))``
+(``seqvi.models.base``, the step order). ``score``
 computes these terms for any number of rows (one step of a batch, or every
 step at once on stacked states); it is the only place they are computed.
 ``free_energy_at`` and ``free_energy_gradient`` evaluate F_t and its
@@ -127,11 +132,16 @@ class StepTerms(NamedTuple):
     kl_groups: Optional[Tensor] = None      # (N, G) the KL within G groups of z's dimensions, when asked
 
 
+def emit(model: Any, z: Tensor, state: Any) -> Distribution:
+    """p(x_t | z_t, h) for candidate samples z (N, Z) at the state before the step's ``transit`` (N rows)."""
+    return model.emission(z, model.transit(state, z))
+
+
 def score(model: Any, state: Any, z: Tensor, q_z: Normal, p_z: Normal, x: Tensor, *,
           log_weights: bool = False, bin_width: float | None = None, rewards: Optional[Tensor] = None,
           kl_groups: int = 0) -> StepTerms:
     """F_t's terms (and optionally the particle log-weight) for rows of (state, z, q, p, x): one step's
-    batch, or every step's rows stacked. With ``bin_width`` a Gaussian emission is also scored on
+    batch, or every step's rows stacked; ``state`` is what ``transit`` returned for this z. With ``bin_width`` a Gaussian emission is also scored on
     quantization bins (``seqvi.likelihoods``: TIMIT's 16-bit samples). With ``rewards`` (N,) (NaN where
     none was observed) and a model with a reward head, the reward's likelihood joins the emission's:
     F_t then bounds -log p(x_t, r_t). ``kl_groups`` G also gives the KL within G groups of z (free bits)."""
@@ -155,8 +165,9 @@ def score(model: Any, state: Any, z: Tensor, q_z: Normal, p_z: Normal, x: Tensor
 
 
 def step_free_energy(model: Any, q_z: Normal, p_z: Normal, x: Tensor, state: Any) -> StepTerms:
-    """F_t's terms for one reparameterized sample z ~ q (``score`` at that sample)."""
-    return score(model, state, reparameterize(q_z), q_z, p_z, x)
+    """F_t's terms for one reparameterized sample z ~ q (``score`` at that sample), ``state`` before ``transit``."""
+    z = reparameterize(q_z)
+    return score(model, model.transit(state, z), z, q_z, p_z, x)
 
 
 # --------------------------------------------------------------------------- F_t as a function of lambda
@@ -174,7 +185,7 @@ def free_energy_at(model: Any, loc: Tensor, logvar: Tensor, p_z: Normal, x: Tens
     """F_t at q = N(loc, exp(logvar / 2)), the reconstruction averaged over the noise ``eps``
     (S, B, Z) (or (B, Z): one draw), the KL analytic -> (B,). Differentiable in (loc, logvar)."""
     z, _, samples = _samples(loc, logvar, eps)
-    recon = -log_likelihood(model.emission(z, repeat_rows(state, samples)), repeat_rows(x, samples))
+    recon = -log_likelihood(emit(model, z, repeat_rows(state, samples)), repeat_rows(x, samples))
     q_z = Normal(loc, (0.5 * logvar).exp(), validate_args=False)
     return recon.view(samples, -1).mean(0) + gaussian_kl(q_z, p_z)
 
@@ -204,7 +215,7 @@ def free_energy_gradient(model: Any, loc: Tensor, logvar: Tensor, p_z: Normal, x
     else:
         with torch.enable_grad():
             z = z.detach().requires_grad_(True)
-            recon = -log_likelihood(model.emission(z, state_s), x_s)
+            recon = -log_likelihood(emit(model, z, state_s), x_s)
             (grad_z,) = torch.autograd.grad(recon.sum(), z)
     with torch.no_grad():
         grad_z = grad_z.view(samples, *loc.shape)

@@ -5,8 +5,9 @@ optional per-step inputs u (B, T, U) and rewards r (B, T) (NaN where none
 was observed; scored by a model's reward head with x), K particles are stacked with the batch
 (row k * B + b), so every model step runs once on (K*B) rows. Per step::
 
-    h            <- condition(h, u_t)
+    h            <- observe(condition(h, u_t), x_t)
     p_z = prior(h);   q = posterior(x_t, h, p_z);   z_t ~ q          (reparameterized)
+    h            <- transit(h, z_t)                                  (once; the emission reads it)
     recon_t, kl_t, log alpha_t = seqvi.free_energy.score(...)         F_t = recon_t + kl_t
     log w_t      = log w_{t-1} + log alpha_t                          (K, B)
     increment_t  = logsumexp_k log w_t - logsumexp_k log w_{t-1}      log p_hat = sum_t increment_t
@@ -163,11 +164,13 @@ def _particle_pass(model: Any, inference: Any, x: Tensor, mask: Tensor, particle
     steps, aux, gap, increments, resampled = [], [], [], [], []
     for t in range(T):
         x_t = xk[:, t]
-        state = model.condition(state, None if uk is None else uk[:, t])
+        state = model.observe(model.condition(state, None if uk is None else uk[:, t]), x_t)
         p_z = model.prior(state)
         q = inference.posterior(model, x_t, state, p_z, q_state)
         z = reparameterize(q.q_z)
-        steps.append(score(model, state, z, q.q_z, p_z, x_t, rewards=None if rk is None else rk[:, t], **options))
+        emitting = model.transit(state, z)
+        steps.append(score(model, emitting, z, q.q_z, p_z, x_t, rewards=None if rk is None else rk[:, t],
+                           **options))
         if q.aux is not None:
             aux.append(q.aux)
         if refine is not None:
@@ -175,7 +178,7 @@ def _particle_pass(model: Any, inference: Any, x: Tensor, mask: Tensor, particle
             gap.append(before - after)
         if log_weights:
             increments.append(weights.add(steps[-1].log_alpha, mask[:, t]))
-        state, q_state = model.advance(state, x_t, z), q.q_state
+        state, q_state = model.advance(emitting, x_t, z), q.q_state
         done = torch.zeros(B, dtype=torch.bool, device=x.device)
         if resample and K > 1:
             index, done = weights.resample(mask[:, t], ess_threshold)

@@ -56,7 +56,8 @@ def overshooting_kl(model: Any, path: stacked.Path, x: Tensor, mask: Tensor, dis
     if distance < 1:
         raise ValueError(f"overshooting distance must be at least 1, got {distance}")
     # start k = 0 is the initial belief; start k >= 1 the belief after step k-1: rows b * T + k
-    after = [model.advance(path.states[t], x[:, t], path.zs[t]) for t in range(T - 1)]
+    emitting = path.after_transit()
+    after = [model.advance(emitting[t], x[:, t], path.zs[t]) for t in range(T - 1)]
     starts = [model.initial_state(B)] + after
     state = map_state(lambda *s: torch.stack(s, 1).flatten(0, 1), *starts)                # (B*T, ...)
     loc, scale = torch.stack(path.locs, 1), torch.stack(path.scales, 1)                     # (B, T, Z)
@@ -75,7 +76,7 @@ def overshooting_kl(model: Any, path: stacked.Path, x: Tensor, mask: Tensor, dis
         target = lambda v: torch.cat([v.new_zeros(B, d - 1), v[:, :T - d + 1]], 1)         # noqa: E731  start k -> step t
         total, count = total + target(kl * valid), count + target(valid)
         z = reparameterize(p_z)
-        state = model.advance_imagined(state, z)
+        state = model.advance_imagined(model.transit(state, z), z)
     return total / count.clamp_min(1.0) * mask
 
 

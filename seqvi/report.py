@@ -443,10 +443,21 @@ def plot_learning_curves(comparison: Any, path: Path) -> Path:
     return _save(plt, fig, path)
 
 
-def iteration_table(curve: np.ndarray, split: str, trained: int | None = None, start: str = "prior") -> Table:
+def iteration_table(curve: np.ndarray, split: str, trained: int | None = None, start: str = "prior",
+                    samples: int | None = None) -> Table:
     """AVF's free energy per step after each inference iteration (0 = the prior); ``trained``: the
-    iterations the network was trained with."""
-    caption = f"the network was trained with {trained} iteration{'s' if trained != 1 else ''} per step" if trained else None
+    iterations the network was trained with; ``samples``: the curve's noise draws per step. The caption
+    says how the curve is computed (``seqvi.engine.iterations``), so that its row at the trained count
+    is not mistaken for the F column."""
+    lines = []
+    if trained:
+        lines.append(f"the network was trained with {trained} iteration{'s' if trained != 1 else ''} per step")
+    if samples:
+        lines.append(f"each row: F_t at that iterate, averaged over the same {samples} noise draws per step for every "
+                     f"row; this curve's filter advances with a sample of its last iterate ({len(curve) - 1}), so its "
+                     f"row {trained or 'K'} differs slightly from the F column (one draw per step, advancing with that "
+                     f"iterate's own sample)")
+    caption = "\n".join(lines) or None
     table = Table(title=f"AVF free energy by inference iteration — {split} (nats/step)", caption=caption)
     table.add_column("iteration", justify="right")
     table.add_column("free energy", justify="right")

@@ -4,11 +4,12 @@ Only q, the sample and ``advance`` decide the next step, so only they run
 inside the time loop (``sample_path``)::
 
     for t = 1..T:
-        h      <- condition(h, u_t)
+        h      <- observe(condition(h, u_t), x_t)
         p_z    =  prior(h)                 (only if q reads it; without a graph unless q differentiates it)
         q      =  posterior(x_t, h, p_z)
         z_t    =  loc + scale * eps_t      (the same draws, in the same order, as the per-step loop)
-        h      <- advance(h, x_t, z_t)
+        h~     =  transit(h, z_t)          (kept for the emission, when the model has the hook)
+        h      <- advance(h~, x_t, z_t)
 
 and the prior, the emission and the terms of F_t (``seqvi.free_energy.score``)
 run once after the loop on the real steps' rows ``b * T + t`` (N rows:
@@ -34,12 +35,17 @@ from seqvi.free_energy import StepTerms, map_state, reparameterize, score
 
 class Path(NamedTuple):
     """The sampling path, per step t (lists of length T): the state q and the prior saw (after
-    ``condition``), q's parameters, the sample, and q's own loss (AVF's earlier iterates), if any."""
+    ``condition`` and ``observe``), q's parameters, the sample, q's own loss (AVF's earlier iterates),
+    if any, and the state the emission reads (after ``transit``; None: the same as ``states``)."""
     states: list
     locs: list
     scales: list
     zs: list
     aux: list
+    emitting: Optional[list] = None
+
+    def after_transit(self) -> list:
+        return self.states if self.emitting is None else self.emitting
 
 
 def sample_path(model: Any, inference: Any, x: Tensor, state: Any, q_state: Any,
@@ -51,10 +57,11 @@ def sample_path(model: Any, inference: Any, x: Tensor, state: Any, q_state: Any,
         return Path(*path)
     reads_prior = getattr(inference, "reads_prior", True)
     prior_graph = getattr(inference, "prior_graph", True)
-    path = Path([], [], [], [], [])
+    transits = model.has("transit")
+    path = Path([], [], [], [], [], [] if transits else None)
     for t in range(x.shape[1]):
         x_t = x[:, t]
-        state = model.condition(state, None if inputs is None else inputs[:, t])
+        state = model.observe(model.condition(state, None if inputs is None else inputs[:, t]), x_t)
         p_z = None
         if reads_prior:   # the KL's prior is recomputed after the loop, with its graph
             with torch.set_grad_enabled(prior_graph and torch.is_grad_enabled()):
@@ -65,7 +72,10 @@ def sample_path(model: Any, inference: Any, x: Tensor, state: Any, q_state: Any,
             store.append(value)
         if q.aux is not None:
             path.aux.append(q.aux)
-        state, q_state = model.advance(state, x_t, z), q.q_state
+        emitting = model.transit(state, z)
+        if transits:
+            path.emitting.append(emitting)
+        state, q_state = model.advance(emitting, x_t, z), q.q_state
     return path
 
 
@@ -95,9 +105,10 @@ def score_path(model: Any, path: Path, x: Tensor, mask: Tensor, *, log_weights: 
     0 on padding."""
     keep = real_rows(mask)
     state = rows(path.states, keep)
+    emitting = state if path.emitting is None else rows(path.emitting, keep)
     q_z = Normal(rows(path.locs, keep), rows(path.scales, keep), validate_args=False)
     flat = lambda v: v.flatten(0, 1) if keep is None else v.flatten(0, 1).index_select(0, keep)  # noqa: E731
-    terms = score(model, state, rows(path.zs, keep), q_z, model.prior(state), flat(x),
+    terms = score(model, emitting, rows(path.zs, keep), q_z, model.prior(state), flat(x),
                   log_weights=log_weights, bin_width=bin_width, rewards=None if rewards is None else flat(rewards),
                   kl_groups=kl_groups)
     return StepTerms(*(None if v is None else put(v, keep, mask) for v in terms))

@@ -14,10 +14,11 @@ Call it from your own pytest::
 ``check_model(factory, data=None)`` runs, on a tiny batch (B = 3 sequences of T = 5 steps, one of them
 padded after step 3):
 
-1. the contract (``seqvi.models.base``): ``initial_state`` is a tuple of batch-first tensors; ``prior``
+1. the contract (``seqvi.models.base``), in its step order (``observe``, ``prior``, ``transit``,
+   ``emission``, ``advance``): ``initial_state`` is a tuple of batch-first tensors; ``prior``
    is a Normal over (B, Z); ``emission`` a distribution whose ``log_prob`` sums to (B,); ``features``
-   (B, feature_size); ``advance`` returns a state of the same structure and shapes; every conditional
-   works row by row (row 0 of a batch equals a batch of row 0);
+   (B, feature_size); ``observe``, ``transit`` and ``advance`` return states of the same structure and
+   shapes; every conditional works row by row (row 0 of a batch equals a batch of row 0);
 2. one training step with the direct filtering encoder (when the model has ``features``) and one
    with AVF: finite loss, finite gradients, parameters move; padded steps contribute nothing;
 3. every bound (``seqvi.objectives.BOUNDS``: ELBO, IWAE, FIVO) with K = 3: finite, (B,), zero increments
@@ -47,7 +48,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Distribution, Normal
 
-from seqvi.free_energy import log_likelihood, map_state
+from seqvi.free_energy import emit, log_likelihood, map_state
 from seqvi.inference import INFERENCE
 from seqvi.inference.base import Inference
 from seqvi.inference.direct import DirectFilter
@@ -94,7 +95,7 @@ def tiny_data(model: SequentialModel, seed: int = 0) -> tuple[Tensor, Tensor]:
     g = torch.Generator().manual_seed(seed)
     state = model.condition(model.initial_state(1), None)
     with torch.no_grad():
-        p_x = model.emission(model.prior(state).loc, state)
+        p_x = emit(model, model.prior(state).loc, state)
     shape = tuple(p_x.mean.shape[1:])
     x = torch.rand((B, T, *shape), generator=g)
     x = (x > 0.5).float() if isinstance(p_x, Bernoulli) else x
@@ -143,32 +144,43 @@ def _contract(model: SequentialModel, x: Tensor) -> None:
     name = type(model).__name__
     for attr in ("x_dim", "z_dim", "feature_size"):
         _expect(isinstance(getattr(model, attr, None), int), f"{name}.{attr} must be an int (the contract)")
-    state = model.condition(_initial_state(model), None)
+    x_t = x[:, 0]
+    start = model.condition(_initial_state(model), None)
+    with torch.no_grad():   # the frame shape first: ``observe`` may read x_t
+        frame = emit(model, model.prior(start).loc, start).mean
+    _expect(tuple(frame.shape) == tuple(x_t.shape), f"{name}.emission: mean is {tuple(frame.shape)}, "
+                                                    f"a frame of the data is {tuple(x_t.shape)}")
+    state = model.observe(start, x_t)
+    _same_structure(name, "observe", state, start)
     p_z = model.prior(state)
     _expect(isinstance(p_z, Normal), f"{name}.prior must return a torch Normal, got {type(p_z).__name__}")
     _expect(tuple(p_z.loc.shape) == (B, model.z_dim), f"{name}.prior: loc is {tuple(p_z.loc.shape)}, "
                                                       f"expected (B, z_dim) = {(B, model.z_dim)}")
     z = p_z.rsample()
-    p_x = model.emission(z, state)
+    if _has_features(model, x_t, state):
+        f = model.features(x_t, state)
+        _expect(tuple(f.shape) == (B, model.feature_size),
+                f"{name}.features is {tuple(f.shape)}, expected (B, feature_size) = {(B, model.feature_size)}")
+    emitting = model.transit(state, z)
+    _same_structure(name, "transit", emitting, state)
+    p_x = model.emission(z, emitting)
     _expect(isinstance(p_x, Distribution), f"{name}.emission must return a torch Distribution, "
                                            f"got {type(p_x).__name__}")
-    x_t = x[:, 0]
     _expect(tuple(p_x.mean.shape) == tuple(x_t.shape), f"{name}.emission: mean is {tuple(p_x.mean.shape)}, "
                                                        f"a frame of the data is {tuple(x_t.shape)}")
     ll = log_likelihood(p_x, x_t)
     _expect(ll.shape == (B,), f"{name}.emission: log_prob summed over the frame is {tuple(ll.shape)}, not (B,)")
     _finite(ll, f"{name}.emission log-likelihood")
-    if _has_features(model, x_t, state):
-        f = model.features(x_t, state)
-        _expect(tuple(f.shape) == (B, model.feature_size),
-                f"{name}.features is {tuple(f.shape)}, expected (B, feature_size) = {(B, model.feature_size)}")
-    new = model.advance(state, x_t, z)
-    _expect(type(new) is type(state), f"{name}.advance returned a {type(new).__name__}, "
+    _same_structure(name, "advance", model.advance(emitting, x_t, z), state)
+    _rowwise_in_batch(model, x_t)
+
+
+def _same_structure(name: str, hook: str, new: Any, state: Any) -> None:
+    _expect(type(new) is type(state), f"{name}.{hook} returned a {type(new).__name__}, "
                                       f"the state was a {type(state).__name__}")
     for a, b in zip(_tensors(new), _tensors(state)):
-        _expect(a.shape == b.shape, f"{name}.advance changed a state tensor's shape {tuple(b.shape)} -> "
+        _expect(a.shape == b.shape, f"{name}.{hook} changed a state tensor's shape {tuple(b.shape)} -> "
                                     f"{tuple(a.shape)}")
-    _rowwise_in_batch(model, x_t)
 
 
 def _rowwise_in_batch(model: SequentialModel, x_t: Tensor) -> None:
@@ -178,14 +190,14 @@ def _rowwise_in_batch(model: SequentialModel, x_t: Tensor) -> None:
     model.eval()
     try:
         with torch.no_grad():
-            state = model.condition(model.initial_state(B), None)
+            state = model.observe(model.condition(model.initial_state(B), None), x_t)
             z = model.prior(state).loc
-            state = model.advance(state, x_t, z)   # a state that differs per row
+            state = model.observe(model.advance(model.transit(state, z), x_t, z), x_t)   # differs per row
             one = map_state(lambda t: t[:1], state)
             _close(model.prior(one).loc, model.prior(state).loc[:1], f"{name}.prior: row 0 alone differs from "
                                                                    f"row 0 in a batch (not batch-first?)")
             z = model.prior(state).loc
-            _close(model.emission(z[:1], one).mean, model.emission(z, state).mean[:1],
+            _close(emit(model, z[:1], one).mean, emit(model, z, state).mean[:1],
                    f"{name}.emission: row 0 alone differs from row 0 in a batch (not batch-first?)")
     finally:
         model.train(was)
@@ -300,10 +312,10 @@ def _fast_against_reference(model: SequentialModel, q: Inference, x: Tensor, mas
 
 def _emission_grad(model: SequentialModel, x: Tensor) -> None:
     name = type(model).__name__
-    state = model.condition(model.initial_state(B), None)
+    state = model.observe(model.condition(model.initial_state(B), None), x[:, 0])
     torch.manual_seed(6)
     z = (2 * torch.randn(B, model.z_dim)).requires_grad_(True)
-    recon = -log_likelihood(model.emission(z, state), x[:, 0])
+    recon = -log_likelihood(emit(model, z, state), x[:, 0])
     (grad,) = torch.autograd.grad(recon.sum(), z)
     by_hand = model.emission_grad(z.detach(), state, x[:, 0])
     _expect(by_hand is not None, f"{name}.emission_grad returned None on plain inputs")

@@ -52,6 +52,10 @@ def test_each_checkpoint_keeps_its_results_and_is_named(avf_run):
     assert json.loads((avf_run / "eval" / "test-best.json").read_text())["checkpoint_name"] == "best"
     assert json.loads((avf_run / "eval" / "test.json").read_text())["checkpoint_name"] == "last"
     assert "trained with 2 iterations per step" in best
+    caption = " ".join(best.split())   # the caption wraps
+    assert "averaged over the same 4 noise draws per step" in caption
+    assert "advances with a sample of its last iterate (5)" in caption and "differs slightly from the F column" in caption
+    assert json.loads((avf_run / "eval" / "test-best.json").read_text())["iteration_curve_samples"] == 4
 
 
 def test_the_table_keeps_counts_out_of_the_numeric_columns(avf_run):

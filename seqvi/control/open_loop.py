@@ -69,14 +69,15 @@ def _rollout(model: Any, inference: Any, x: torch.Tensor, u: torch.Tensor, conte
     obs, rewards = [], []
     for t in range(x.shape[1]):
         state = model.condition(state, u[:, t])
-        p_z = model.prior(state)
         if t < context:
+            state = model.observe(state, x[:, t])
             with torch.enable_grad():            # AVF differentiates F_t inside posterior
-                q = inference.posterior(model, x[:, t], state, p_z, q_state)
+                q = inference.posterior(model, x[:, t], state, model.prior(state), q_state)
             z, q_state = q.q_z.sample(), q.q_state
-            state = model.advance(state, x[:, t], z)
+            state = model.advance(model.transit(state, z), x[:, t], z)
         else:
-            z = p_z.sample()
+            z = model.prior(state).sample()
+            state = model.transit(state, z)
             obs.append(model.emission(z, state).mean)
             rewards.append(model.reward(z, state).mean)
             state = model.advance_imagined(state, z, obs[-1])

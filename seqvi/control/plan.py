@@ -16,6 +16,7 @@ belief after the latest real observation), repeated for N candidates
 
     state = condition(state, a_k)               # the action taken after the last step
     z     ~ prior(state)                        # (N, Z)
+    state = transit(state, z)                   # (the step order of ``seqvi.models.base``)
     R    += reward(z, state).mean               # (N,)
     state = advance_imagined(state, z)   (x = None, or emission(z, state).mean if advance_needs_x)
 
@@ -34,9 +35,9 @@ environment (``seqvi.data.environment.rollout``, the stored alignment: row
 t holds o_t, a_{t-1}, r_t). At every stored step the policy filters the new
 observation with the run's inference, then plans::
 
-    state        = condition(state, u_t)              (u_0 = 0, then the action just executed)
+    state        = observe(condition(state, u_t), x_t)   (u_0 = 0, then the action just executed)
     q_z, q_state = inference.posterior(model, x_t, state, prior(state), q_state)
-    state        = advance(state, x_t, q_z.mean)      (the posterior mean: the filter's best guess)
+    state        = advance(transit(state, q_z.mean), x_t, q_z.mean)   (the posterior mean: the filter's best guess)
     plan         = cem(imagined_returns from state)   -> execute plan.mean[0] for R environment steps
 
 with optional Gaussian exploration noise of sd ``noise`` on the executed
@@ -69,6 +70,8 @@ class PlanningModel(Protocol):
 
     def initial_state(self, batch_size: int) -> Any: ...
     def condition(self, state: Any, u: Optional[Tensor]) -> Any: ...
+    def observe(self, state: Any, x: Tensor) -> Any: ...
+    def transit(self, state: Any, z: Tensor) -> Any: ...
     def prior(self, state: Any) -> Normal: ...
     def emission(self, z: Tensor, state: Any) -> Distribution: ...
     def reward(self, z: Tensor, state: Any) -> Distribution: ...
@@ -93,6 +96,7 @@ def imagined_returns(model: PlanningModel, state: Any, actions: Tensor, generato
         state = model.condition(state, actions[:, k])
         p_z = model.prior(state)
         z = draw(p_z, generator) if sample else p_z.mean                     # (N, Z)
+        state = model.transit(state, z)
         total = total + model.reward(z, state).mean
         state = model.advance_imagined(state, z)
     return total
@@ -123,9 +127,10 @@ class MPCPolicy:
 
     def filter(self, x: Tensor) -> None:
         """Fold the real observation x_t (1, *X) into the belief."""
-        state = self.model.condition(self.state, self.u)
+        state = self.model.observe(self.model.condition(self.state, self.u), x)
         post = self.inference.posterior(self.model, x, state, self.model.prior(state), self.q_state)
-        state = self.model.advance(state, x, post.q_z.mean)
+        z = post.q_z.mean
+        state = self.model.advance(self.model.transit(state, z), x, z)
         self.state = map_state(torch.Tensor.detach, state)
         self.q_state = map_state(torch.Tensor.detach, post.q_state)
 

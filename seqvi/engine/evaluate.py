@@ -36,7 +36,7 @@ import torch
 
 from seqvi.data.batches import whole_batches
 from seqvi.data.store import SplitData
-from seqvi.engine.iterations import iteration_curve
+from seqvi.engine.iterations import CURVE_SAMPLES, iteration_curve
 from seqvi.engine.runs import write_text_atomic
 from seqvi.errors import SeqviError
 from seqvi.free_energy import noise_shard
@@ -239,9 +239,11 @@ def evaluate_run(run: Any, split: str, *, bound: str = "none", particles: int = 
                "iterations": iterations, "refine_steps": refine_steps}
     if curve is not None:
         payload["iteration_curve"] = curve.tolist()
+        payload["iteration_curve_samples"] = CURVE_SAMPLES
     out = run.run_dir / "eval" / f"{split}-{tag}.json"
     text = json.dumps(payload, indent=1)
     for path in (out, run.run_dir / "eval" / f"{split}.json", Path(json_out) if json_out else None):
         if path is not None:
             write_text_atomic(path, text)
-    return {"result": result, "payload": payload, "curve": curve, "json": out, "tag": tag}
+    return {"result": result, "payload": payload, "curve": curve, "json": out, "tag": tag,
+            "curve_samples": CURVE_SAMPLES}

@@ -5,9 +5,15 @@ prior) .. lambda^K are computed exactly as in filtering (``AVF.iterates``),
 and F_t(lambda^k) is measured for each k on the same ``samples`` noise draws
 (common random numbers, ``seqvi.free_energy.free_energy_at``), so the
 curve's differences are the iterations' and not the noise's. The filter
-advances with a sample from the final iterate, as AVF's own filtering does.
+advances with a sample from the final iterate, as AVF's own filtering does
+(through ``transit`` and ``advance``, the step order of ``seqvi.models.base``).
 
-Returns the mean F_t per real step at each iteration (nats/step).
+Returns the mean F_t per real step at each iteration (nats/step). At the
+trained iteration count it differs slightly from the evaluation's F column:
+F draws one sample per step and its filter advances with the sample of the
+iterate it scores, while the curve averages its own ``samples`` draws and its
+filter advances with the last iterate's (K may exceed the trained count).
+``seqvi eval`` says so in the curve's caption (``seqvi.report.iteration_table``).
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ from seqvi.data.batches import whole_batches
 from seqvi.data.store import SplitData
 from seqvi.free_energy import free_energy_at, reparameterize
 
+CURVE_SAMPLES = 4   # noise draws per step, shared by every iterate (common random numbers)
+
 
 @torch.no_grad()
 def iteration_curve(model: Any, avf: Any, split: SplitData, *, iterations: int, batch_size: int,
-                    device: torch.device, seed: int = 0, samples: int = 4,
+                    device: torch.device, seed: int = 0, samples: int = CURVE_SAMPLES,
                     progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Mean F_t per real step at iterates 0..K, shape (K + 1,)."""
     model.eval()
@@ -41,7 +49,7 @@ def iteration_curve(model: Any, avf: Any, split: SplitData, *, iterations: int, 
             state = model.initial_state(x.shape[0])
             for t in range(x.shape[1]):
                 x_t, m_t = x[:, t], mask[:, t]
-                state = model.condition(state, None if inputs is None else inputs[:, t])
+                state = model.observe(model.condition(state, None if inputs is None else inputs[:, t]), x_t)
                 p_z = model.prior(state)
                 eps = torch.randn(samples, *p_z.loc.shape, device=device)
                 lambdas = avf.iterates(model, x_t, state, p_z, iterations)
@@ -50,7 +58,7 @@ def iteration_curve(model: Any, avf: Any, split: SplitData, *, iterations: int, 
                 steps += float(m_t.sum())
                 loc, logvar = lambdas[-1]
                 z = reparameterize(Normal(loc, (0.5 * logvar).exp(), validate_args=False))
-                state = model.advance(state, x_t, z)
+                state = model.advance(model.transit(state, z), x_t, z)
             done += x.shape[0]
             if progress:
                 progress(done, len(split))

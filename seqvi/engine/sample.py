@@ -1,6 +1,7 @@
 """Sampling sequences from a trained model, optionally primed by real data.
 
-Unprimed: z_t ~ p(z_t | h_{t-1}), x_t ~ p(x_t | z_t, h_{t-1}), h_t = advance.
+Unprimed: z_t ~ p(z_t | h_{t-1}), h~ = transit(h_{t-1}, z_t), x_t ~ p(x_t | z_t, h~),
+h_t = advance(observe(h~, x_t), x_t, z_t) (the step order of ``seqvi.models.base``).
 Primed by x_{1:P}: the first P steps are filtered (z_t ~ q(z_t | x_t, h_{t-1})
 with the run's inference), their frames kept as given, then generation
 continues from the prior. Per-step inputs u (N, length, U) (actions), when
@@ -59,15 +60,18 @@ def sample_sequences(model: Any, inference: Any, num: int, length: int, *,
         primed = 0 if prime is None else prime.shape[1]
         for t in range(length):
             state = model.condition(state, None if inputs is None else inputs[:, t].to(device))
-            p_z = model.prior(state)
             if t < primed:
                 x_t = prime[:, t].to(device)
-                q = inference.posterior(model, x_t, state, p_z, q_state)
+                state = model.observe(state, x_t)
+                q = inference.posterior(model, x_t, state, model.prior(state), q_state)
                 z, q_state = q.q_z.sample(), q.q_state
+                state = model.transit(state, z)
             else:
-                z = p_z.sample()
+                z = model.prior(state).sample()
+                state = model.transit(state, z)
                 p_x = model.emission(z, state)
                 x_t = p_x.mean if use_mean else p_x.sample()
+                state = model.observe(state, x_t)
             frames.append(x_t)
             state = model.advance(state, x_t, z)
     return torch.stack(frames, 1)

@@ -18,5 +18,6 @@ INFERENCE = {
     "smoothing": Smoothing,
     "combiner": Combiner,
     "svg_posterior": SVGPosterior,
+    "recurrent": SVGPosterior,     # the same q under its general name (STORN's recognition RNN)
     "avf": AVF,
 }

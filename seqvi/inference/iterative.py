@@ -71,7 +71,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Normal
 
-from seqvi.free_energy import free_energy_gradient, standard_normal
+from seqvi.free_energy import emit, free_energy_gradient, standard_normal
 from seqvi.inference.base import Inference, Posterior
 from seqvi.models.base import GaussianHead, mlp
 from seqvi.nn import enabled
@@ -256,7 +256,7 @@ class AVF(Inference):
         parts = [] if observation is None else [observation]
         if "errors" in self.inputs:
             z = loc + (0.5 * logvar).exp() * eps
-            parts.append(layer_norm((x - model.emission(z, state).mean).flatten(1)))
+            parts.append(layer_norm((x - emit(model, z, state).mean).flatten(1)))
         return torch.cat(parts, 1) if parts else None
 
     def iterates(self, model: Any, x: Tensor, state: Any, p_z: Normal,

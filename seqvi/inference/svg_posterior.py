@@ -6,7 +6,10 @@ The LSTM state (B, L, R) is q's own recurrence (``q_state``), carried by the
 filtering loop next to the model's state. The frame encoder is the model's
 (``features``), shared with the generative model as in the paper, so its
 gradients come from both the reconstruction and the KL. Works with any model
-whose ``features`` summarize one frame; for SVG it is the paper's posterior.
+whose ``features`` summarize one frame; for SVG it is the paper's posterior,
+and for STORN (``features(x_t) = x_t``) it is the recognition model of Bayer
+& Osendorfer (2014), an RNN over the frames in filtering form; registered
+twice, as ``svg_posterior`` and as ``recurrent``.
 Departure: softplus scale + 1e-4 instead of exp(logvar / 2).
 """
 

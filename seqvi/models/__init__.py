@@ -5,6 +5,7 @@ from seqvi.models.dmm import DMM
 from seqvi.models.lgssm import LGSSM
 from seqvi.models.rssm import RSSM
 from seqvi.models.srnn import SRNN
+from seqvi.models.storn import STORN
 from seqvi.models.svg import SVG
 from seqvi.models.vrnn import VRNN
 
@@ -15,6 +16,7 @@ MODELS: dict[str, type[SequentialModel]] = {
     "lgssm": LGSSM,
     "svg": SVG,
     "rssm": RSSM,
+    "storn": STORN,
 }
 
 # Constructor arguments the data supplies (from the store), not the recipe.

@@ -1,12 +1,27 @@
 """The model contract: one filtering step of a sequential latent variable model (p only).
 
-A model defines p through a deterministic state ``h`` summarizing the past::
+A model defines p through a deterministic state ``h`` summarizing the past. One step, in the
+order every loop over time runs it (``seqvi.objectives``, ``seqvi.stacked``, sampling, the AVF
+curve, control)::
 
-    h' = condition(h, u_t)     fold the step's input u_t (B, U) into the state (default: none; h' = h)
-    p(z_t | h')                prior(state)            -> Normal over (B, Z)
-    p(x_t | z_t, h')           emission(z, state)      -> Distribution over (B, *X)
-    h_t = f(h', x_t, z_t)      advance(state, x, z)    -> State
-    features(x, state)         what a direct filtering encoder may see, (B, feature_size)
+    h  = condition(h, u_t)     fold the step's input u_t (B, U) into the state    (optional; default h)
+    h  = observe(h, x_t)       fold x_t's own features, once, for q and advance   (optional; default h)
+    p(z_t | h)                 prior(state)            -> Normal over (B, Z)
+    q(z_t | x_t, h)            the inference, reading features(x_t, state)        (B, feature_size)
+    h~ = transit(h, z_t)       the part of the transition that reads z_t          (optional; default h)
+    p(x_t | z_t, h~)           emission(z, state~)     -> Distribution over (B, *X)
+    h_t = f(h~, x_t, z_t)      advance(state~, x, z)   -> State
+
+``transit`` is what an emission-after-transition model needs (STORN: h_t = f(h_{t-1}, x_{t-1},
+z_t), then p(x_t | h_t)): the loop calls it once per step with the sample z_t, hands its result
+to the emission (and the reward head) and to ``advance``, so that transition runs once per step.
+Where F_t is a function of q's parameters (AVF's gradient, refinement, the per-iteration curve)
+the emission of a candidate z is ``emission(z, transit(state, z))`` (``seqvi.free_energy.emit``):
+there the transition is part of p(x_t | z_t, h_{t-1}) by definition. ``observe`` is its mirror
+for x_t: the x-only work that both the encoder's ``features`` and ``advance`` read (VRNN's
+phi_x(x_t)), computed once per step. ``prior`` and ``emission`` must not read what ``observe``
+adds (the emission must not see x_t), and ``prior`` is evaluated on the state before ``transit``.
+In sampling (x_t drawn from the emission) ``observe`` runs after the emission, before ``advance``.
 
 Every distribution factorizes over its non-batch dimensions; callers sum
 log-densities over them. ``State`` is a tuple of batch-first tensors (a
@@ -18,7 +33,7 @@ AVF, every bound, evaluation and sampling with no further code.
 Optional hooks (declared below with what each buys; ``model.has(name)`` says
 whether a model provides one): ``rowwise``, ``markov_in_z`` / ``z_state``,
 ``previous_z``, ``deterministic_path``, ``exact_log_likelihood``,
-``emission_grad``, ``condition``, ``reward``, ``advance_needs_x``. A model that provides none of them is
+``emission_grad``, ``condition``, ``observe``, ``transit``, ``reward``, ``advance_needs_x``. A model that provides none of them is
 still correct, only slower (or without the q that needs them).
 
 The building blocks below parameterize the conditionals: ``GaussianHead``
@@ -75,15 +90,16 @@ class SequentialModel(nn.Module):
         raise NotImplementedError
 
     def emission(self, z: Tensor, state: Any) -> Distribution:
-        """p(x_t | z_t, h) over (B, *X)."""
+        """p(x_t | z_t, h) over (B, *X), z (B, Z); ``state`` is the one ``transit(h, z)`` returned."""
         raise NotImplementedError
 
     def advance(self, state: Any, x: Tensor, z: Tensor) -> Any:
-        """h_t = f(h, x_t, z_t)."""
+        """h_t = f(h, x_t, z_t): x (B, *X), z (B, Z), ``state`` the one ``transit(h, z)`` returned."""
         raise NotImplementedError
 
     def features(self, x: Tensor, state: Any) -> Tensor:
-        """What a direct filtering encoder sees at this step, (B, feature_size)."""
+        """What a direct filtering encoder sees at this step, (B, feature_size); ``state`` is the one
+        ``observe(h, x)`` returned."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ optional hooks
@@ -95,19 +111,37 @@ class SequentialModel(nn.Module):
         its deterministic transition here); the default leaves the state as it is."""
         return state
 
+    def observe(self, state: Any, x: Tensor) -> Any:
+        """Fold what the step needs from x_t (B, *X) alone into the state, once: called before q, so
+        that ``features`` and ``advance`` read the result instead of each computing it (VRNN's
+        phi_x(x_t), (B, F)). ``prior`` and ``emission`` must not read what it adds. Returns a state of
+        the same type; the default leaves it as it is."""
+        return state
+
+    def transit(self, state: Any, z: Tensor) -> Any:
+        """The part of the step's transition that reads z_t (B, Z) and that the emission reads:
+        h~ = transit(h, z_t), then p(x_t | z_t, h~) and h_t = advance(h~, x_t, z_t). Provide it for
+        an emission-after-transition model (STORN's h_t = f(h_{t-1}, x_{t-1}, z_t), emitted by
+        p(x_t | h_t)): every loop calls it once per step with the sample z_t, so the transition runs
+        once. ``prior`` is never evaluated on its result. Returns a state of the same type; the
+        default leaves it as it is (the emission reads the state before the step)."""
+        return state
+
     def reward(self, z: Tensor, state: Any) -> Distribution:
-        """p(r_t | h, z_t) over (B,): a reward head, for interaction data (stored rewards r_t arrive
+        """p(r_t | h~, z_t) over (B,), ``state`` as the emission's: a reward head, for interaction data (stored rewards r_t arrive
         with o_t). Provide it to model rewards: the free energy then bounds -log p(x_t, r_t), eval
         reports the reward's NLL, and the planner (``seqvi plan``) sums its mean."""
         raise NotImplementedError
 
     def advance_imagined(self, state: Any, z: Tensor, x_mean: Optional[Tensor] = None) -> Any:
         """``advance`` without an observation (imagination: planning, open-loop prediction, latent
-        overshooting): the emission's mean (``x_mean`` if the caller has it) stands in for x_t when
-        ``advance`` reads it, and x is None otherwise (``advance_needs_x``)."""
+        overshooting), from ``state`` = ``transit(h, z)``: the emission's mean (``x_mean`` if the caller
+        has it) stands in for x_t when ``advance`` reads it (through ``observe``), and x is None
+        otherwise (``advance_needs_x``)."""
         if not self.advance_needs_x:
             return self.advance(state, None, z)
-        return self.advance(state, self.emission(z, state).mean if x_mean is None else x_mean, z)
+        x = self.emission(z, state).mean if x_mean is None else x_mean
+        return self.advance(self.observe(state, x), x, z)
 
     def z_state(self, z: Tensor) -> Any:
         """For ``markov_in_z`` models: the state after a step that sampled z (B, Z)."""
@@ -128,8 +162,8 @@ class SequentialModel(nn.Module):
         raise NotImplementedError
 
     def emission_grad(self, z: Tensor, state: Any, x: Tensor, value: bool = True) -> Optional[tuple]:
-        """(R, dR/dz) with R = -log p(x | z, state) (B,) and its gradient in z (B, Z), both without a
-        graph, computed by hand (``MLPEmission.recon_grad``); R is None unless ``value``. Used by
+        """(R, dR/dz) with R = -log p(x | z, transit(state, z)) (B,) (``state`` before ``transit``) and
+        its gradient in z (B, Z), through ``transit``, both without a graph, computed by hand (``MLPEmission.recon_grad``); R is None unless ``value``. Used by
         AVF's gradient input where no graph is kept (autograd per step is slower there). Return None
         (the default) to let the caller use autograd."""
         return None

@@ -14,8 +14,8 @@ Direct filtering encoder (in ``seqvi.inference.direct``) sees
 Departures: an LSTM cell (as in the paper's experiments and the AVF code) and
 softplus scales with a floor of 1e-4 (the paper does not specify the floor).
 
-phi_x(x_t) is computed once per step: ``features`` and ``advance`` receive the
-same x_t tensor within a step, so the second call reuses the first's result.
+phi_x(x_t) is computed once per step, by the contract's ``observe`` hook: the
+state carries it (``e``) from ``observe`` to ``features`` and ``advance``.
 The LSTM steps through ``seqvi.nn.lstm`` (weight gradients once per sequence);
 the emission's z-gradient (AVF's gradient input) is by hand through phi_z and
 ``MLPEmission``.
@@ -37,6 +37,7 @@ from seqvi.nn.lstm import LSTMStep
 class VRNNState(NamedTuple):
     h: Tensor  # (B, H)
     c: Tensor  # (B, H)
+    e: Tensor  # (B, F) phi_x(x_t) of the step being filtered (``observe``); zeros before it
 
 
 class VRNN(SequentialModel):
@@ -59,11 +60,14 @@ class VRNN(SequentialModel):
         self.dec_net = MLPEmission(F, H, [F] * layers, x_dim, likelihood)          # p(x_t | z_t, h_{t-1}) on [phi_z, h]
         self.rnn = nn.LSTMCell(2 * F, H)                              # h_t = f(h_{t-1}, x_t, z_t)
         self._lstm = LSTMStep(self.rnn)
-        self._phi_x_last: tuple | None = None                        # (x_t, grad mode, phi_x(x_t))
 
     def initial_state(self, batch_size: int) -> VRNNState:
         zeros = torch.zeros(batch_size, self.hidden_size, device=self.device)
-        return VRNNState(zeros, zeros)
+        return VRNNState(zeros, zeros, torch.zeros(batch_size, self.feature_size - self.hidden_size,
+                                                   device=self.device))
+
+    def observe(self, state: VRNNState, x: Tensor) -> VRNNState:
+        return state._replace(e=self.phi_x(x))                               # (B, F)
 
     def prior(self, state: VRNNState) -> Normal:
         return self.prior_net(state.h)
@@ -78,20 +82,8 @@ class VRNN(SequentialModel):
         return None if out is None else (out[0], phi[1].backward(out[1]))
 
     def advance(self, state: VRNNState, x: Tensor, z: Tensor) -> VRNNState:
-        h, c = self._lstm(torch.cat([self._embed(x), self.phi_z(z)], -1), state.h, state.c)
-        return VRNNState(h, c)
+        h, c = self._lstm(torch.cat([state.e, self.phi_z(z)], -1), state.h, state.c)   # e = phi_x(x_t), observed
+        return VRNNState(h, c, state.e)
 
     def features(self, x: Tensor, state: VRNNState) -> Tensor:
-        return torch.cat([self._embed(x), state.h], -1)  # (B, F + H)
-
-    def __getstate__(self) -> dict:   # copies and pickles leave the per-step cache behind
-        return {**self.__dict__, "_phi_x_last": None}
-
-    def _embed(self, x: Tensor) -> Tensor:
-        """phi_x(x), reused when called again with the same tensor (features, then advance)."""
-        last, grad = self._phi_x_last, torch.is_grad_enabled()
-        if last is not None and last[0] is x and last[1] == grad:
-            return last[2]
-        out = self.phi_x(x)
-        self._phi_x_last = (x, grad, out)
-        return out
+        return torch.cat([state.e, state.h], -1)  # (B, F + H): [phi_x(x_t), h_{t-1}], observed
