@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +94,10 @@ MINIMUM = {"data.batch_size": 1, "data.eval_batch_size": 1, "data.crop_length": 
            "objective.free_bits_groups": 1, "objective.overshooting": 0, "objective.overshooting_weight": 0,
            "train.epochs": 1, "train.inference_clip_grad": 0,
            "train.log_every": 1, "train.checkpoint_every": 0, "train.clip_grad": 0, "train.patience": 0,
-           "train.max_minutes": 0}
+           "train.max_minutes": 0, "seed": 0}
+# Keys that must be above zero (a learning rate of 0 or below trains nothing, or ascends).
+POSITIVE = ("train.lr", "train.inference_lr", "train.lr_decay")
+MAX_SEED = 2**63 - 1                 # torch.manual_seed takes a signed 64-bit seed; numpy takes any >= 0
 
 
 def did_you_mean(word: str, choices, cutoff: float = 0.6) -> str:
@@ -301,6 +305,10 @@ def _build(cls, raw: dict, prefix: str, source: str):
             values[name] = coerce(value, hint, path, source)
             if path in MINIMUM and values[name] is not None and values[name] < MINIMUM[path]:
                 raise _error(source, path, f"'{path}' must be at least {MINIMUM[path]}, got {value!r}")
+            if path in POSITIVE and values[name] is not None and values[name] <= 0:
+                raise _error(source, path, f"'{path}' must be above 0, got {value!r}")
+            if path == "seed" and values[name] > MAX_SEED:
+                raise _error(source, path, f"'seed' must be at most 2**63 - 1 = {MAX_SEED}, got {value!r}")
     return cls(**values)
 
 
@@ -347,7 +355,10 @@ def coerce(value: Any, hint: Any, path: str, source: str = "<recipe>") -> Any:
             return value
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            number = float(value) if isinstance(value, float) or abs(value) < 2**1023 else math.inf
+            if not math.isfinite(number):   # YAML's .nan / .inf, or an int beyond float: no setting means that
+                raise _error(source, path, f"'{path}' must be a finite number, got {value!r}")
+            return number
     elif hint is str:
         if isinstance(value, str):
             return value

@@ -41,6 +41,7 @@ import numpy as np
 from seqvi.errors import DataError
 
 SPLITS = ("train", "valid", "test")
+CORRUPT = (KeyError, OSError, RuntimeError, ValueError)   # what h5py raises on damaged bytes
 
 
 class StoreWriter:
@@ -182,8 +183,9 @@ class SplitData:
             self.names = [n.decode() if isinstance(n, bytes) else str(n) for n in group["names"][:]]
             self.inputs = group["inputs"] if "inputs" in group else None
             self.rewards = group["rewards"] if "rewards" in group else None
-        except (KeyError, OSError, ValueError, TypeError, AttributeError) as err:
-            raise DataError(f"{path}: split '{split}' is incomplete ({err})") from None
+        except (KeyError, OSError, ValueError, TypeError, AttributeError, RuntimeError) as err:
+            raise DataError(f"{path}: split '{split}' is incomplete or corrupt ({err}); rebuild it with "
+                            f"`seqvi preprocess {path.name.removesuffix('.h5')}`") from None
         if frame_shape is not None and tuple(self.frames.shape[1:]) != tuple(frame_shape):
             raise DataError(f"{path}: split '{split}' frames have shape {tuple(self.frames.shape[1:])}, "
                             f"the store's frame_shape attribute says {tuple(frame_shape)}")
@@ -243,7 +245,7 @@ class SplitData:
         base = int(self.offsets[i])
         try:
             return data[base + start: base + stop]
-        except OSError as err:  # a corrupt chunk: h5py reads lazily, so it shows only here
+        except (OSError, KeyError, RuntimeError) as err:  # a corrupt chunk: h5py reads lazily, so it shows only here
             raise DataError(f"{self.path}: split '{self.split}' sequence {i} ({self.names[i]}) is unreadable "
                             f"({' '.join(str(err).split())[:160]}); run `seqvi preprocess` again") from None
 
@@ -264,9 +266,10 @@ class Store:
         try:
             self.attrs = {k: _decode_attr(v) for k, v in self.file.attrs.items()}
             self.frame_shape = tuple(int(s) for s in self.attrs["frame_shape"])
-        except (KeyError, OSError, ValueError) as err:
+        except (KeyError, OSError, ValueError, RuntimeError) as err:
             self.file.close()
-            raise DataError(f"{self.path}: store attributes are missing or corrupt ({err})") from None
+            raise DataError(f"{self.path}: store attributes are missing or corrupt ({err}); rebuild it with "
+                            f"`seqvi preprocess {self.path.name.removesuffix('.h5')}`") from None
         self._splits: dict[str, SplitData] = {}
 
     @property
@@ -275,17 +278,30 @@ class Store:
 
     @property
     def splits(self) -> list[str]:
-        return [s for s in self.file.keys()]
+        try:
+            return [s for s in self.file.keys()]
+        except CORRUPT as err:
+            raise self.corrupt(err) from None
 
     def split(self, name: str) -> SplitData:
         if name not in self._splits:
-            if name not in self.file:
-                raise DataError(f"{self.path}: no split '{name}' (has: {', '.join(self.splits)})")
+            try:
+                if name not in self.file:
+                    raise DataError(f"{self.path}: no split '{name}' (has: {', '.join(self.splits)})")
+                group = self.file[name]
+            except CORRUPT as err:   # h5py tells a damaged object header or heap as KeyError/RuntimeError
+                raise self.corrupt(err) from None
             input_dim = self.attrs.get("input_dim")
-            self._splits[name] = SplitData(self.file[name], self.path, name,
+            self._splits[name] = SplitData(group, self.path, name,
                                            float(self.attrs.get("value_scale", 1.0)), self.frame_shape,
                                            None if input_dim is None else int(input_dim))
         return self._splits[name]
+
+    def corrupt(self, err: BaseException) -> DataError:
+        """The one-line error for a store whose HDF5 structure is damaged."""
+        name = self.path.name.removesuffix(".h5")
+        why = " ".join(str(err).strip("'\"").split())[:160]
+        return DataError(f"{self.path}: the store is corrupt ({why}); rebuild it with `seqvi preprocess {name}`")
 
     def close(self) -> None:
         self.file.close()
