@@ -94,9 +94,8 @@ MINIMUM = {"data.batch_size": 1, "data.eval_batch_size": 1, "data.crop_length": 
            "objective.free_bits_groups": 1, "objective.overshooting": 0, "objective.overshooting_weight": 0,
            "train.epochs": 1, "train.inference_clip_grad": 0,
            "train.log_every": 1, "train.checkpoint_every": 0, "train.clip_grad": 0, "train.patience": 0,
-           "train.max_minutes": 0, "seed": 0}
-# Keys that must be above zero (a learning rate of 0 or below trains nothing, or ascends).
-POSITIVE = ("train.lr", "train.inference_lr", "train.lr_decay")
+           "train.max_minutes": 0, "seed": 0,
+           "train.lr": 0, "train.inference_lr": 0, "train.lr_decay": 0}   # a negative rate would ascend
 MAX_SEED = 2**63 - 1                 # torch.manual_seed takes a signed 64-bit seed; numpy takes any >= 0
 
 
@@ -305,8 +304,6 @@ def _build(cls, raw: dict, prefix: str, source: str):
             values[name] = coerce(value, hint, path, source)
             if path in MINIMUM and values[name] is not None and values[name] < MINIMUM[path]:
                 raise _error(source, path, f"'{path}' must be at least {MINIMUM[path]}, got {value!r}")
-            if path in POSITIVE and values[name] is not None and values[name] <= 0:
-                raise _error(source, path, f"'{path}' must be above 0, got {value!r}")
             if path == "seed" and values[name] > MAX_SEED:
                 raise _error(source, path, f"'seed' must be at most 2**63 - 1 = {MAX_SEED}, got {value!r}")
     return cls(**values)
