@@ -487,10 +487,14 @@ def skipped_lines(skipped: list, limit: int = 10) -> list[str]:
 
 def _save(plt, fig, path: Path) -> Path:
     """Lay out, write and close a figure; returns its path."""
+    from seqvi.data.atomic import atomic_output
+
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        with atomic_output(path) as handle:   # atomic, through a symlink, never over a FIFO or device
+            fig.savefig(handle, format=Path(path).suffix.lstrip(".").lower() or "png")
+    finally:
+        plt.close(fig)
     return path
 
 

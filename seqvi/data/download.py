@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Callable
 
 from seqvi import __version__
-from seqvi.data.atomic import atomic_output
+from seqvi.data.atomic import atomic_output, fsync_dir
 from seqvi.errors import DataError, DownloadError
 
 Progress = Callable[[str, int, int | None], None]  # (file name, bytes done, total or None)
@@ -80,19 +80,6 @@ def _hash_file(path: Path):
         for block in iter(lambda: f.read(1 << 20), b""):
             hasher.update(block)
     return hasher
-
-
-def fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems cannot sync a directory
-    finally:
-        os.close(fd)
 
 
 def _open(opener, url: str, timeout: float, offset: int):

@@ -37,7 +37,7 @@ import torch
 from seqvi.data.batches import whole_batches
 from seqvi.data.store import SplitData
 from seqvi.engine.iterations import iteration_curve
-from seqvi.engine.runs import write_text_atomic
+from seqvi.data.atomic import output_target, write_text_atomic
 from seqvi.errors import SeqviError
 from seqvi.free_energy import noise_shard
 from seqvi.inference.refine import refine as refine_step
@@ -212,6 +212,8 @@ def evaluate_run(run: Any, split: str, *, bound: str = "none", particles: int = 
     checkpoint's name). ``progress(task, done, total)`` reports the passes in sequences: the free energy
     (with the bounds and the gap, computed batch by batch in the same pass), then AVF's curve."""
     bounds = bound_choices(bound)
+    if json_out:
+        output_target(json_out)   # a FIFO, device or folder is refused before the evaluation, not after
     inference = run.inference
     if iterations is not None:
         if not inference.iterative:
