@@ -26,7 +26,7 @@ class Tiny:
     run_dir: Path       # a finished 2-epoch run of the recipe (seed 0)
 
     def env(self, **extra: str) -> dict:
-        return seqvi_env(SEQVI_MANIFESTS=str(self.manifests), SEQVI_DATA=str(self.root), **extra)
+        return seqvi_env(**{"SEQVI_MANIFESTS": str(self.manifests), "SEQVI_DATA": str(self.root), **extra})
 
     def seqvi(self, *args, **kw):
         kw.setdefault("env", self.env())
