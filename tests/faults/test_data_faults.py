@@ -37,12 +37,12 @@ def test_random_bytes_inside_the_store_are_one_line_naming_it(tiny, tmp_path, of
 
 def test_preprocess_onto_a_read_only_data_root_is_one_line(tiny, tmpfs):
     shutil.copytree(tiny.root / "raw", tmpfs / "raw")
+    shutil.copytree(tiny.root / "processed", tmpfs / "processed")   # an earlier store, to be kept
     before = hash_tree(tmpfs)
     with read_only(tmpfs):
         done = tiny.seqvi("preprocess", "tiny", "--root", tmpfs)
         assert "Read-only file system" in assert_fault(done, str(tmpfs))
     assert_unchanged(before, tmpfs)
-    assert not (tmpfs / "processed" / "tiny.h5").exists()
 
 
 def test_an_unquoted_digit_sha256_is_refused_naming_file_and_key(tiny, tmp_path):

@@ -110,7 +110,7 @@ def test_runs_after_train_epochs_was_lowered_says_so(tiny, tmp_path):
 
 # --------------------------------------------------------------------------- the lock race
 
-ROUNDS, WORKERS = 60, 4
+ROUNDS, WORKERS = 400, 4
 
 
 def _racer(run_dir: str, log: str, barrier, rounds: int) -> None:
