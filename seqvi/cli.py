@@ -441,23 +441,34 @@ def _eval_in_process(args: str):
 @command
 def compare(paths: List[Path] = typer.Argument(..., help="Run directories, or folders of runs (a sweep)."),
             split: str = typer.Option("test", "--split", help="Whose eval/<split>.json to read."),
-            csv: Optional[Path] = typer.Option(None, "--csv", help="Also write the table as CSV (mean, sd, n per number)."),
-            markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write the table as Markdown."),
+            csv: Optional[Path] = typer.Option(None, "--csv", help="Also write the table as CSV (mean, sd, n per number); - for stdout."),
+            markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write the table as Markdown; - for stdout."),
             plot: Optional[Path] = typer.Option(None, "--plot", help="Learning-curve PNG (default: compare.png beside the runs).")) -> None:
     """Compare runs in one table (seeds pooled: mean ± sd) and plot their learning curves."""
+    from seqvi.data.atomic import output_target, write_text_atomic
     from seqvi.experiments.compare import compare as run_compare
-    from seqvi.engine.runs import write_text_atomic
-    from seqvi.report import compare_csv, compare_flags, compare_markdown, compare_table, console, plot_learning_curves
+    from seqvi.report import (compare_csv, compare_flags, compare_markdown, compare_table, console, err_console,
+                              plot_learning_curves)
 
+    outputs = [(path, render) for path, render in ((csv, compare_csv), (markdown, compare_markdown)) if path]
+    to_stdout = [render for path, render in outputs if str(path) == "-"]
+    if len(to_stdout) > 1:
+        raise SeqviError("--csv - and --markdown -: only one table can go to stdout")
+    for path in [path for path, _ in outputs if str(path) != "-"] + ([plot] if plot else []):
+        output_target(path)   # a FIFO, device or folder is refused before any work
     result = run_compare(paths, split)
-    console.print(compare_table(result))
+    human = err_console if to_stdout else console   # stdout carries only the table asked for with -
+    human.print(compare_table(result))
     for line in compare_flags(result):
-        console.print(line)
-    for path, render in ((csv, compare_csv), (markdown, compare_markdown)):
-        if path:
+        human.print(line)
+    for path, render in outputs:
+        if str(path) == "-":
+            sys.stdout.write(render(result))
+            sys.stdout.flush()
+        else:
             write_text_atomic(path, render(result))
-            console.print(f"table: {path}")
-    console.print(f"learning curves: {plot_learning_curves(result, plot or result.default_plot)}")
+            human.print(f"table: {path}")
+    human.print(f"learning curves: {plot_learning_curves(result, plot or result.default_plot)}")
 
 
 @command

@@ -22,6 +22,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import math
+import os
+import stat
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +97,9 @@ MINIMUM = {"data.batch_size": 1, "data.eval_batch_size": 1, "data.crop_length": 
            "objective.free_bits_groups": 1, "objective.overshooting": 0, "objective.overshooting_weight": 0,
            "train.epochs": 1, "train.inference_clip_grad": 0,
            "train.log_every": 1, "train.checkpoint_every": 0, "train.clip_grad": 0, "train.patience": 0,
-           "train.max_minutes": 0}
+           "train.max_minutes": 0, "seed": 0,
+           "train.lr": 0, "train.inference_lr": 0, "train.lr_decay": 0}   # a negative rate would ascend
+MAX_SEED = 2**63 - 1                 # torch.manual_seed takes a signed 64-bit seed; numpy takes any >= 0
 
 
 def did_you_mean(word: str, choices, cutoff: float = 0.6) -> str:
@@ -112,6 +117,41 @@ def _error(source: str, path: str, text: str) -> RecipeError:
 
 
 MAX_YAML_NODES = 100_000
+MAX_CONFIG_BYTES = 1 << 20   # recipes, manifests, run configs: real ones are a few kB
+_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
+
+
+def read_config_text(path: str | Path, limit: int = MAX_CONFIG_BYTES, what: str = "a configuration file") -> str:
+    """The UTF-8 text of a configuration file: a regular file (links followed) of at most ``limit`` bytes.
+
+    A FIFO, device (``/dev/zero``), socket or folder is refused before any byte is read (opened
+    non-blocking, so a FIFO without a writer cannot hang the call); a file over ``limit`` is refused
+    after reading ``limit + 1`` bytes, so no input makes memory grow without bound. Raises RecipeError
+    (FileNotFoundError for a missing file, for the caller's own message).
+    """
+    path = Path(path)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        for test, kind in _NOT_REGULAR:
+            if test(mode):
+                raise RecipeError(f"{path}: is {kind}, not a regular file; {what} must be a regular file")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 16, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise RecipeError(f"{path}: larger than {limit >> 10} KiB; {what} is a few kB of YAML (wrong file?)")
+    try:
+        return b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"{path}: not UTF-8 text (byte {err.start}); {what} must be YAML") from None
 
 
 def _expanded_size(node: yaml.Node, memo: dict) -> int:
@@ -133,11 +173,11 @@ def read_yaml(path: str | Path) -> Any:
     """Load one YAML document with the capped safe loader; errors name the file."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_config_text(path)
     except FileNotFoundError:
         raise RecipeError(f"{path}: no such file{did_you_mean(path, _near_files(path))}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise RecipeError(f"{path}: cannot read ({err})") from None
+    except OSError as err:
+        raise RecipeError(f"{path}: cannot read ({err.strerror or err})") from None
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
@@ -314,6 +354,8 @@ def _build(cls, raw: dict, prefix: str, source: str):
             values[name] = coerce(value, hint, path, source)
             if path in MINIMUM and values[name] is not None and values[name] < MINIMUM[path]:
                 raise _error(source, path, f"'{path}' must be at least {MINIMUM[path]}, got {value!r}")
+            if path == "seed" and values[name] > MAX_SEED:
+                raise _error(source, path, f"'seed' must be at most 2**63 - 1 = {MAX_SEED}, got {value!r}")
     return cls(**values)
 
 
@@ -360,7 +402,10 @@ def coerce(value: Any, hint: Any, path: str, source: str = "<recipe>") -> Any:
             return value
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            number = float(value) if isinstance(value, float) or abs(value) < 2**1023 else math.inf
+            if not math.isfinite(number):   # YAML's .nan / .inf, or an int beyond float: no setting means that
+                raise _error(source, path, f"'{path}' must be a finite number, got {value!r}")
+            return number
     elif hint is str:
         if isinstance(value, str):
             return value

@@ -37,3 +37,7 @@ class DownloadError(SeqviError):
 
 class CheckpointError(SeqviError):
     """A checkpoint or run directory is missing, corrupt or incompatible."""
+
+
+class DiskFull(SeqviError):
+    """A file system filled up (or a quota ran out) while writing: names the file, the mount, free and needed space."""

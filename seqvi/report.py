@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -303,6 +304,8 @@ def runs_table(statuses: list, now: float | None = None) -> Table:
         table.add_column(name, justify=justify, overflow="fold")
     for st in statuses:
         epoch = f"{st.epoch}/{st.epochs}" if st.epochs else str(st.epoch)
+        if st.epochs and st.epoch > st.epochs:   # train.epochs lowered after these epochs were trained
+            epoch = f"{st.epoch} (train.epochs now {st.epochs})"
         best = f"{st.best_valid:.4f} (ep {st.best_epoch})" if st.best_epoch else ""
         modified = time.strftime("%Y-%m-%d %H:%M", time.localtime(st.modified)) if st.modified else ""
         table.add_row(str(st.run_dir), f"[{STATUS_STYLE.get(st.status, '')}]{st.status}[/]", epoch, str(st.step),
@@ -380,6 +383,8 @@ def compare_flags(comparison: Any) -> list[str]:
             if note.startswith("posterior collapse"):
                 what = " ".join(x for x in (row.recipe, row.model, row.q, row.differs) if x)
                 lines.append(f"[bold red]{note}[/] in {what}: KL per step below 0.01 nats, q is the prior")
+            elif ": skipped " in note or note.startswith("skipped "):
+                lines.append(f"[yellow]{escape(note)}[/]")
     return lines
 
 
@@ -515,10 +520,14 @@ def skipped_lines(skipped: list, limit: int = 10) -> list[str]:
 
 def _save(plt, fig, path: Path) -> Path:
     """Lay out, write and close a figure; returns its path."""
+    from seqvi.data.atomic import atomic_output
+
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        with atomic_output(path) as handle:   # atomic, through a symlink, never over a FIFO or device
+            fig.savefig(handle, format=Path(path).suffix.lstrip(".").lower() or "png")
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -126,9 +126,8 @@ def test_kill_during_checkpoint_write_leaves_previous_loadable(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], env=env(),
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "1"
-    tmp = path.with_name("last.pt.tmp")
     deadline = time.time() + 60
-    while not tmp.exists() and time.time() < deadline:  # a write in progress
+    while not list(tmp_path.glob(".last.pt.*.tmp")) and time.time() < deadline:  # a write in progress
         time.sleep(0.001)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

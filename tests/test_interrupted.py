@@ -1,6 +1,6 @@
 """Nothing lost: SIGKILL a real ``python -m seqvi`` midway, then look at what it left.
 
-* ``preprocess`` writes ``NAME.h5.tmp`` and renames it when complete: killed
+* ``preprocess`` writes ``NAME.h5.<random>.tmp`` and renames it when complete: killed
   midway, the previous ``NAME.h5`` is byte for byte what it was and loads,
   and the ``.tmp`` is never taken for the store.
 * ``train`` appends ``metrics.jsonl`` one whole line at a time: killed midway
@@ -67,13 +67,13 @@ def big_corpus(folder: Path, counts=(800, 100, 100)) -> Path:
 
 def test_killed_preprocess_leaves_the_previous_store(tiny_store, tmp_path):
     store = tiny_store / "processed" / "tiny.h5"
-    tmp = store.with_name(store.name + ".tmp")
+    temporaries = lambda: list(store.parent.glob("tiny.h5.*.tmp"))  # noqa: E731
     before = hashlib.sha256(store.read_bytes()).hexdigest()
     with Store(store) as old:
         old_names = old.split("train").names
 
     process = seqvi_process("preprocess", "tiny", "--source", big_corpus(tmp_path / "big"), "--root", tiny_store)
-    wait_for(tmp.exists, process)
+    wait_for(temporaries, process)
     time.sleep(0.5)  # into the conversion (about 2 s for this corpus)
     kill(process)
 
@@ -81,10 +81,11 @@ def test_killed_preprocess_leaves_the_previous_store(tiny_store, tmp_path):
     with Store(store) as kept:
         assert kept.split("train").names == old_names
         assert len(kept.split("train").read(0)) > 0
-    # Only NAME.h5 is ever opened as the store; a rerun overwrites the leftover .tmp and completes.
+    assert temporaries()    # the killed writer's
+    # Only NAME.h5 is ever opened as the store; a rerun removes the leftover .tmp and completes.
     result = CliRunner().invoke(app, ["preprocess", "tiny", "--source", str(tmp_path / "big"), "--root", str(tiny_store)])
     assert result.exit_code == 0, result.output
-    assert not tmp.exists()
+    assert not temporaries()
     with Store(store) as new:
         assert len(new.split("train")) == 800
 

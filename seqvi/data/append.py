@@ -46,8 +46,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from seqvi.data.download import fsync_dir
-from seqvi.data.store import Store, SplitData, write_index
+from seqvi.data.atomic import fsync_dir
+from seqvi.data.store import Store, SplitData, store_lock, write_index
 from seqvi.errors import DataError
 
 Sequence = tuple  # (name, frames (T, *frame_shape), inputs (T, A) or None, rewards (T,) or None)
@@ -65,13 +65,10 @@ class AppendResult:
 
 def append_sequences(path: str | Path, split: str, source: str, sequences: list[Sequence]) -> AppendResult:
     """Append ``sequences`` to ``split`` of the store at ``path`` under ``source`` (see the module docstring)."""
-    import fcntl   # POSIX only: imported here so that the data commands load everywhere
-
     path = Path(path)
     tmp = path.with_name(path.name + ".append.tmp")
     check_sequences(path, split, source, sequences)     # before the lock: a clear error without waiting
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with store_lock(path, wait=True):
         checked = check_sequences(path, split, source, sequences)   # again under the lock: the store may have grown
         tmp.unlink(missing_ok=True)          # left by an append that was killed
         try:

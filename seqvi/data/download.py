@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Callable
 
 from seqvi import __version__
-from seqvi.data.atomic import atomic_output
+from seqvi.data.atomic import atomic_output, fsync_dir
 from seqvi.errors import DataError, DownloadError
 
 Progress = Callable[[str, int, int | None], None]  # (file name, bytes done, total or None)
@@ -80,19 +80,6 @@ def _hash_file(path: Path):
         for block in iter(lambda: f.read(1 << 20), b""):
             hasher.update(block)
     return hasher
-
-
-def fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems cannot sync a directory
-    finally:
-        os.close(fd)
 
 
 def _open(opener, url: str, timeout: float, offset: int):
@@ -146,18 +133,25 @@ def _fetch(opener, url, part: Path, expected, progress, timeout, chunk_size, dat
     with response:
         hasher = _hash_file(part) if offset else hashlib.sha256()
         done, cut = offset, None
-        with open(part, "ab" if offset else "wb") as f:
-            try:
-                while chunk := response.read(chunk_size):
+        try:
+            with open(part, "ab" if offset else "wb") as f:
+                while True:
+                    try:
+                        chunk = response.read(chunk_size)
+                    except (OSError, http.client.HTTPException) as e:   # the network's fault
+                        cut = e
+                        break
+                    if not chunk:
+                        break
                     f.write(chunk)
                     hasher.update(chunk)
                     done += len(chunk)
                     if progress is not None:
                         progress(name, done, total)
-            except (OSError, http.client.HTTPException) as e:
-                cut = e
-            f.flush()
-            os.fsync(f.fileno())
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:   # writing failed: the disk's fault (full, quota, read-only), not the network's
+            raise _write_failed(part, e, done, total) from None
     if cut is not None or (total is not None and done < total):
         raise _MirrorFailed(f"truncated at {done} of {total if total is not None else '?'} bytes, rerunning resumes")
     digest = hasher.hexdigest()
@@ -169,6 +163,31 @@ def _fetch(opener, url, part: Path, expected, progress, timeout, chunk_size, dat
             url=url, expected=expected, actual=digest,
         )
     return digest
+
+
+def _write_failed(part: Path, err: OSError, done: int, total: int | None) -> DownloadError:
+    """One line naming the disk a download could not be written to, its free space and what is needed."""
+    try:
+        vfs = os.statvfs(part.parent)
+        free = f"{vfs.f_bavail * vfs.f_frsize:,} bytes free"
+    except OSError:
+        free = "free space unknown"
+    need = f"; it needs {total - done:,} more bytes" if total is not None and total > done else ""
+    return DownloadError(f"{part}: cannot write the download to disk ({err.strerror or err}) after {done:,} of "
+                         f"{total if total is None else format(total, ',')} bytes; {free} on {_mount_of(part.parent)}"
+                         f"{need}: make room there (or use another --root / $SEQVI_DATA) and rerun, which resumes")
+
+
+def _mount_of(folder: Path) -> Path:
+    """The mount point that holds ``folder`` (the disk a write went to)."""
+    folder = Path(os.path.abspath(folder))
+    try:
+        device = folder.stat().st_dev
+        while folder.parent != folder and folder.parent.stat().st_dev == device:
+            folder = folder.parent
+    except OSError:
+        pass
+    return folder
 
 
 def download_file(

@@ -26,6 +26,7 @@ The data root holds ``raw/NAME/`` and ``processed/NAME.h5``. It is ``--root``
 from __future__ import annotations
 
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,15 +96,42 @@ def load_manifest(name: str) -> Manifest:
     for key, least in MINIMA.items():
         if raw.get(key, least) < least:
             raise RecipeError(f"{path}: '{key}' must be at least {least}, got {raw[key]}")
+    files = tuple(_file_entry(entry, f"files[{i}]", path) for i, entry in enumerate(_files_list(raw, path)))
+    raw.pop("files", None)
     try:
-        files = tuple(
-            {"name": str(f["name"]), "urls": [str(u) for u in f.get("urls", [])],
-             "sha256": f.get("sha256")}
-            for f in raw.pop("files", []) or []
-        )
         return Manifest(files=files, **raw)
     except (TypeError, KeyError) as err:
         raise RecipeError(f"{path}: malformed manifest ({err})") from None
+
+
+def _files_list(raw: dict, path: Path) -> list:
+    files = raw.get("files")
+    if files is None:
+        return []
+    if not isinstance(files, list):
+        raise RecipeError(f"{path}: 'files' must be a list of {{name, urls, sha256}} entries, got {files!r:.60}")
+    return files
+
+
+def _file_entry(entry, key: str, path: Path) -> dict:
+    """One ``files`` entry, type-checked: an unquoted all-digit sha256 is a YAML integer, not a hash."""
+    if not isinstance(entry, dict):
+        raise RecipeError(f"{path}: '{key}' must be a mapping with name, urls and sha256, got {entry!r:.60}")
+    unknown = sorted(set(map(str, entry)) - {"name", "urls", "sha256"})
+    if unknown:
+        raise RecipeError(f"{path}: unknown key '{key}.{unknown[0]}' (known: name, sha256, urls)")
+    if not isinstance(entry.get("name"), str) or not entry["name"]:
+        raise RecipeError(f"{path}: '{key}.name' is required and must be a string, got {entry.get('name')!r}")
+    urls = entry.get("urls", [])
+    if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+        raise RecipeError(f"{path}: '{key}.urls' must be a list of strings, got {urls!r:.80}")
+    digest = entry.get("sha256")
+    if digest is not None and not (isinstance(digest, str) and re.fullmatch(r"[0-9a-fA-F]{64}", digest)):
+        hint = (" (YAML reads unquoted digits as a number: put the hash in quotes)"
+                if isinstance(digest, (int, float)) and not isinstance(digest, bool) else "")
+        raise RecipeError(f"{path}: '{key}.sha256' must be a string of 64 hex digits, got "
+                          f"{type(digest).__name__} {digest!r:.70}{hint}")
+    return {"name": entry["name"], "urls": list(urls), "sha256": digest}
 
 
 def data_root(root: str | Path | None = None) -> Path:

@@ -20,6 +20,7 @@ from seqvi.data.download import fetch_files
 from seqvi.data.kth import preprocess_kth
 from seqvi.data.manifest import load_manifest, manifest_dir, raw_dir, store_path
 from seqvi.data.polyphonic import preprocess_midi
+from seqvi.data.store import stale_temporaries, store_lock
 from seqvi.data.synthetic import download_synthetic, preprocess_synthetic
 from seqvi.data.timit import preprocess_timit
 from seqvi import registry
@@ -117,11 +118,19 @@ def find_source(name: str, root: str | None = None) -> Path:
 def preprocess(name: str, root: str | None = None, source: str | Path | None = None, *,
                strict: bool = False, max_steps: int = 100_000, progress: Progress | None = None,
                pixels: bool = False):
+    """Convert the raw files into ``<root>/processed/NAME.h5``, holding the store's lock.
+
+    A second writer of the same store (another preprocess, an append) meanwhile is refused in one
+    line rather than waited for: the store it would write is the one being written now.
+    """
     manifest = load_manifest(name)
     fn = registry.resolve("adapters", manifest.adapter, ADAPTERS, "adapter", f"{manifest_dir() / name}.yaml")
     options = _options(fn, name, f"adapter '{manifest.adapter}'", pixels=pixels)
     src = Path(source).expanduser() if source else find_source(name, root)
     if not src.exists():
         raise DataError(f"{src}: no such file or folder (--source)")
-    return fn(manifest, src, store_path(name, root), strict=strict, max_steps=max_steps, progress=progress,
-              **options)
+    out = store_path(name, root)
+    with store_lock(out, wait=False, doing=f"run `seqvi preprocess {name}`"):   # one writer at a time
+        for stale in stale_temporaries(out):   # left by a killed preprocess or append
+            stale.unlink(missing_ok=True)
+        return fn(manifest, src, out, strict=strict, max_steps=max_steps, progress=progress, **options)

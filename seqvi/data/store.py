@@ -30,29 +30,149 @@ crop of it) at a time; nothing reads a whole split into memory.
 
 from __future__ import annotations
 
+import errno
+import glob
 import json
 import os
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import h5py
 import numpy as np
 
+from seqvi.data.atomic import NO_SPACE, default_mode, disk_full, fsync_dir
 from seqvi.errors import DataError
 
 SPLITS = ("train", "valid", "test")
+CORRUPT = (KeyError, OSError, RuntimeError, ValueError)   # what h5py raises on damaged bytes
+
+
+def lock_path(path: str | Path) -> Path:
+    """``NAME.h5.lock`` beside the store: every writer of the store (preprocess, append) holds it."""
+    path = Path(path)
+    return path.with_name(path.name + ".lock")
+
+
+@contextmanager
+def store_lock(path: str | Path, wait: bool = True, doing: str = "write") -> Iterator[None]:
+    """Hold the store's exclusive lock (``flock``: the kernel drops it when its process dies).
+
+    ``wait=False`` refuses (DataError) while another process holds it, instead of waiting.
+    """
+    import fcntl   # POSIX only: imported here so that reading stores works everywhere
+
+    lock = lock_path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise DataError(f"{path}: another seqvi process is writing this store (it holds {lock.name}); "
+                            f"wait for it to finish, then {doing} again") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def stale_temporaries(path: str | Path) -> list[Path]:
+    """Temporary stores killed writers left beside ``path``: ``NAME.h5.*.tmp`` (and ``NAME.h5.tmp`` of old).
+
+    Only a holder of the store's lock may remove them: then no writer is using one.
+    """
+    path = Path(path)
+    found = list(path.parent.glob(f"{glob.escape(path.name)}.*.tmp")) if path.parent.is_dir() else []
+    legacy = path.with_name(path.name + ".tmp")
+    return sorted(found + ([legacy] if legacy.exists() else []))
+
+
+class _DiskGuard:
+    """The file object h5py writes a new store through (its ``fileobj`` driver).
+
+    HDF5 does not survive a failed write: after ENOSPC its cache is inconsistent and closing the
+    file can crash the process (exit 139). So the first failed write is kept in ``error`` and every
+    later write is dropped (reported as done): HDF5 never sees an error, the writer checks ``error``
+    after each step, and the half-written file is deleted.
+    """
+
+    def __init__(self, path: Path):
+        self.file = open(path, "w+b", buffering=0)
+        self.error: OSError | None = None
+        self.written = 0
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while self.error is None and done < len(view):
+            try:
+                n = self.file.write(view[done:])
+            except OSError as err:
+                self.error = err
+                break
+            done += n or 0
+            if not n:
+                self.error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.written = max(self.written, self.file.tell()) if self.error is None else self.written
+        return len(view)
+
+    def read(self, size: int = -1) -> bytes:
+        return self.file.read(size)
+
+    def readinto(self, buffer) -> int:
+        return self.file.readinto(buffer)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.error is None:
+            try:
+                return self.file.truncate(size)
+            except OSError as err:
+                self.error = err
+        return self.file.tell() if size is None else size
+
+    def flush(self) -> None:
+        pass   # unbuffered
+
+    def sync(self) -> None:
+        if self.error is None:
+            try:
+                os.fsync(self.file.fileno())
+            except OSError as err:
+                self.error = err
+
+    def close(self) -> None:
+        self.file.close()
 
 
 class StoreWriter:
-    """Stream sequences into a new store; ``close()`` makes it visible atomically."""
+    """Stream sequences into a new store; ``close()`` makes it visible atomically.
+
+    Each writer has a temporary file of its own (``NAME.h5.<random>.tmp``), so two writers never
+    write into one file; ``seqvi.data.prepare.preprocess`` also holds the store's lock. A full disk
+    is one line (``DiskFull``) naming the file system and what was written, with no temporary left.
+    """
 
     def __init__(self, path: str | Path, frame_shape: tuple[int, ...], dtype: str):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        fd, tmp = tempfile.mkstemp(prefix=f"{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.close(fd)
+        self.tmp = Path(tmp)
         self.frame_shape = tuple(int(s) for s in frame_shape)
         self.dtype = np.dtype(dtype)
-        self.file = h5py.File(self.tmp, "w")
+        try:
+            self.guard = _DiskGuard(self.tmp)
+            self.file = h5py.File(self.guard, "w")
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
         self.counts: dict[str, int] = {}
         self._offsets: dict[str, list[int]] = {}
         self._names: dict[str, list[str]] = {}
@@ -91,6 +211,7 @@ class StoreWriter:
             if values is not None:
                 group[key].resize(start + len(frames), axis=0)
                 group[key][start:] = values
+        self._check_disk()
         self._offsets[split].append(start + len(frames))
         self._names[split].append(name)
         if split == "train":
@@ -144,15 +265,31 @@ class StoreWriter:
             self.file.attrs[key] = json.dumps(value) if isinstance(value, (dict, list)) else value
         self.file.flush()
         self.file.close()
-        with open(self.tmp, "rb") as handle:
-            os.fsync(handle.fileno())
+        self.guard.sync()
+        self._check_disk()
+        self.guard.close()
+        os.chmod(self.tmp, default_mode())
         os.replace(self.tmp, self.path)
+        fsync_dir(self.path.parent)
         return self.path
+
+    def _check_disk(self) -> None:
+        """Raise the first failed write (a full disk: ``DiskFull``, one line) once HDF5 has returned."""
+        err = self.guard.error
+        if err is None:
+            return
+        if err.errno in NO_SPACE:
+            raise disk_full(self.path, written=self.guard.written, what="the new store")
+        raise DataError(f"{self.tmp}: write failed ({err.strerror or err}); the previous store is unchanged")
 
     def abort(self) -> None:
         try:
-            self.file.close()
+            if self.file.id.valid:
+                self.file.close()
+        except Exception:  # noqa: BLE001 - a store being thrown away: only its removal matters
+            pass
         finally:
+            self.guard.close()
             self.tmp.unlink(missing_ok=True)
 
 
@@ -182,8 +319,9 @@ class SplitData:
             self.names = [n.decode() if isinstance(n, bytes) else str(n) for n in group["names"][:]]
             self.inputs = group["inputs"] if "inputs" in group else None
             self.rewards = group["rewards"] if "rewards" in group else None
-        except (KeyError, OSError, ValueError, TypeError, AttributeError) as err:
-            raise DataError(f"{path}: split '{split}' is incomplete ({err})") from None
+        except (KeyError, OSError, ValueError, TypeError, AttributeError, RuntimeError) as err:
+            raise DataError(f"{path}: split '{split}' is incomplete or corrupt ({err}); rebuild it with "
+                            f"`seqvi preprocess {path.name.removesuffix('.h5')}`") from None
         if frame_shape is not None and tuple(self.frames.shape[1:]) != tuple(frame_shape):
             raise DataError(f"{path}: split '{split}' frames have shape {tuple(self.frames.shape[1:])}, "
                             f"the store's frame_shape attribute says {tuple(frame_shape)}")
@@ -243,7 +381,7 @@ class SplitData:
         base = int(self.offsets[i])
         try:
             return data[base + start: base + stop]
-        except OSError as err:  # a corrupt chunk: h5py reads lazily, so it shows only here
+        except (OSError, KeyError, RuntimeError) as err:  # a corrupt chunk: h5py reads lazily, so it shows only here
             raise DataError(f"{self.path}: split '{self.split}' sequence {i} ({self.names[i]}) is unreadable "
                             f"({' '.join(str(err).split())[:160]}); run `seqvi preprocess` again") from None
 
@@ -264,9 +402,10 @@ class Store:
         try:
             self.attrs = {k: _decode_attr(v) for k, v in self.file.attrs.items()}
             self.frame_shape = tuple(int(s) for s in self.attrs["frame_shape"])
-        except (KeyError, OSError, ValueError) as err:
+        except (KeyError, OSError, ValueError, RuntimeError) as err:
             self.file.close()
-            raise DataError(f"{self.path}: store attributes are missing or corrupt ({err})") from None
+            raise DataError(f"{self.path}: store attributes are missing or corrupt ({err}); rebuild it with "
+                            f"`seqvi preprocess {self.path.name.removesuffix('.h5')}`") from None
         self._splits: dict[str, SplitData] = {}
 
     @property
@@ -275,17 +414,30 @@ class Store:
 
     @property
     def splits(self) -> list[str]:
-        return [s for s in self.file.keys()]
+        try:
+            return [s for s in self.file.keys()]
+        except CORRUPT as err:
+            raise self.corrupt(err) from None
 
     def split(self, name: str) -> SplitData:
         if name not in self._splits:
-            if name not in self.file:
-                raise DataError(f"{self.path}: no split '{name}' (has: {', '.join(self.splits)})")
+            try:
+                if name not in self.file:
+                    raise DataError(f"{self.path}: no split '{name}' (has: {', '.join(self.splits)})")
+                group = self.file[name]
+            except CORRUPT as err:   # h5py tells a damaged object header or heap as KeyError/RuntimeError
+                raise self.corrupt(err) from None
             input_dim = self.attrs.get("input_dim")
-            self._splits[name] = SplitData(self.file[name], self.path, name,
+            self._splits[name] = SplitData(group, self.path, name,
                                            float(self.attrs.get("value_scale", 1.0)), self.frame_shape,
                                            None if input_dim is None else int(input_dim))
         return self._splits[name]
+
+    def corrupt(self, err: BaseException) -> DataError:
+        """The one-line error for a store whose HDF5 structure is damaged."""
+        name = self.path.name.removesuffix(".h5")
+        why = " ".join(str(err).strip("'\"").split())[:160]
+        return DataError(f"{self.path}: the store is corrupt ({why}); rebuild it with `seqvi preprocess {name}`")
 
     def close(self) -> None:
         self.file.close()

@@ -24,7 +24,6 @@ sequences train a small model in seconds on a CPU.
 from __future__ import annotations
 
 import json
-import os
 import time
 import zipfile
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 from seqvi.data.manifest import Manifest
 from seqvi.data.download import sha256_of
 from seqvi.data.sources import PreprocessReport, skip
+from seqvi.data.atomic import atomic_output
 from seqvi.data.store import SPLITS, StoreWriter
 from seqvi.errors import DataError
 from seqvi.systems import LGSSM_SYSTEM
@@ -75,10 +75,8 @@ def download_synthetic(manifest: Manifest, raw: Path, progress: Progress | None 
     arrays["system"] = np.asarray(json.dumps(LGSSM_SYSTEM, sort_keys=True))
     arrays["seed"] = np.asarray(SEED)
     path = raw / FILE_NAME
-    tmp = raw / (FILE_NAME + ".tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_output(path) as handle:
         np.savez(handle, **arrays)
-    os.replace(tmp, path)
     return {FILE_NAME: sha256_of(path)}
 
 
@@ -148,7 +146,8 @@ def write_npz(x: np.ndarray, out_dir: Path, spec: object, truth: np.ndarray | No
     """Generated sequences (N, T, X) as ``samples.npz`` (array ``x``): the sample writer for this adapter."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "samples.npz"
-    np.savez(path, x=np.asarray(x, dtype=np.float32))
+    with atomic_output(path) as handle:
+        np.savez(handle, x=np.asarray(x, dtype=np.float32))
     return [path]
 
 

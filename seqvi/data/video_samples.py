@@ -14,13 +14,13 @@ then rename).
 
 from __future__ import annotations
 
-import os
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from seqvi.data.atomic import atomic_output
 from seqvi.errors import SeqviError
 
 UPSCALE = 2
@@ -63,7 +63,7 @@ def write_mp4(frames: np.ndarray, path: Path, fps: int) -> Path:
     import av
 
     frames = _even(frames)
-    with av.open(str(path), "w", format="mp4") as container:
+    with atomic_output(path) as handle, av.open(handle, "w", format="mp4") as container:
         stream = container.add_stream(mp4_codec(), rate=Fraction(fps))
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         for frame in frames:
@@ -82,19 +82,12 @@ def write_rgb_mp4(frames: np.ndarray, path: Path, fps: float, upscale: int = 4) 
     frames = frames.repeat(upscale, 1).repeat(upscale, 2)
     frames = np.pad(frames, ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0)), mode="edge")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with av.open(str(tmp), "w", format="mp4") as container:
-            stream = container.add_stream(mp4_codec(), rate=Fraction(fps).limit_denominator(1000))
-            stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-            for frame in frames:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
-            container.mux(stream.encode())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as handle, av.open(handle, "w", format="mp4") as container:
+        stream = container.add_stream(mp4_codec(), rate=Fraction(fps).limit_denominator(1000))
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+        container.mux(stream.encode())
     return path
 
 
@@ -102,7 +95,7 @@ def write_gif(frames: np.ndarray, path: Path, fps: int) -> Path:
     """(T, H, W) uint8 -> looping GIF (FFmpeg's gif encoder, 8-bit gray palette)."""
     import av
 
-    with av.open(str(path), "w", format="gif", options={"loop": "0"}) as container:
+    with atomic_output(path) as handle, av.open(handle, "w", format="gif", options={"loop": "0"}) as container:
         stream = container.add_stream("gif", rate=Fraction(fps))
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "gray"
         for frame in frames:

@@ -9,17 +9,18 @@ A checkpoint is a dict of tensors and plain containers only, so it loads with
     rng: {torch: ByteTensor, cuda: [ByteTensor, ...]}
 
 Writes go to a temporary file in the same folder, are fsynced, then renamed
-over the old file: a crash at any point leaves the previous checkpoint whole.
+over the old file: a crash at any point leaves the previous checkpoint whole,
+and a full disk is one line naming the space needed, nothing partial left.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from seqvi.data.atomic import atomic_output
 from seqvi.errors import CheckpointError
 
 FORMAT = "seqvi-checkpoint"
@@ -41,19 +42,35 @@ def set_rng_state(state: dict) -> None:
 
 
 def save(payload: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
+    """Write ``payload`` to ``path`` atomically (``seqvi.data.atomic``), refusing first where the disk is short.
+
+    The space needed is the payload's tensor bytes plus torch's framing; a full disk is one line
+    (``DiskFull``) and leaves no temporary file, the previous checkpoint whole. A temporary file
+    of a write that was killed (SIGKILL) is removed here: one process trains a run (its lock).
+    """
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    with atomic_output(path, needed=payload_bytes(payload), what=f"checkpoint {path.name}") as handle:
         torch.save({"format": FORMAT, "version": VERSION, **payload}, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-    except OSError:  # pragma: no cover - some filesystems refuse directory fsync
-        pass
+
+
+def payload_bytes(payload: Any) -> int:
+    """About the bytes ``torch.save`` writes for ``payload``: each storage once, 64-byte aligned, plus 64 kB."""
+    seen: dict[tuple, int] = {}
+
+    def walk(obj: Any) -> None:
+        if isinstance(obj, torch.Tensor):
+            storage = obj.untyped_storage()
+            seen[(storage.data_ptr(), storage.nbytes())] = storage.nbytes() + 64 + 192  # data + alignment + entry
+        elif isinstance(obj, dict):
+            for value in obj.values():
+                walk(value)
+        elif isinstance(obj, (list, tuple)):
+            for value in obj:
+                walk(value)
+
+    walk(payload)
+    return sum(seen.values()) + (64 << 10)
 
 
 def load(path: Path, map_location: Any = "cpu") -> dict:

@@ -36,8 +36,8 @@ import torch
 
 from seqvi.data.batches import whole_batches
 from seqvi.data.store import SplitData
+from seqvi.data.atomic import output_target, write_text_atomic
 from seqvi.engine.iterations import CURVE_SAMPLES, iteration_curve
-from seqvi.engine.runs import write_text_atomic
 from seqvi.errors import SeqviError
 from seqvi.free_energy import noise_shard
 from seqvi.inference.refine import refine as refine_step
@@ -212,6 +212,8 @@ def evaluate_run(run: Any, split: str, *, bound: str = "none", particles: int = 
     checkpoint's name). ``progress(task, done, total)`` reports the passes in sequences: the free energy
     (with the bounds and the gap, computed batch by batch in the same pass), then AVF's curve."""
     bounds = bound_choices(bound)
+    if json_out:
+        output_target(json_out)   # a FIFO, device or folder is refused before the evaluation, not after
     inference = run.inference
     if iterations is not None:
         if not inference.iterative:
@@ -222,6 +224,7 @@ def evaluate_run(run: Any, split: str, *, bound: str = "none", particles: int = 
     passes += [f"gap ({refine_steps} refinement step{'s' * (refine_steps != 1)})"] if refine_steps else []
     with run.open_store() as store:
         data = store.split(split)
+        check_particle_memory(data, run.recipe.data.eval_batch_size, bounds, particles, run.device)
         result = evaluate(run.model, inference, data, split, device=run.device,
                           batch_size=run.recipe.data.eval_batch_size, seed=seed, bounds=bounds,
                           particles=particles, refine={"steps": refine_steps, "lr": refine_lr} if refine_steps else None,
@@ -247,3 +250,67 @@ def evaluate_run(run: Any, split: str, *, bound: str = "none", particles: int = 
             write_text_atomic(path, text)
     return {"result": result, "payload": payload, "curve": curve, "json": out, "tag": tag,
             "curve_samples": CURVE_SAMPLES}
+
+
+# The particle bounds stack K copies of each batch (rows k * B + b, seqvi/objectives.py); the repeated
+# observations, mask, inputs and rewards are (K B, T, .) float32, and the per-step work is of the same
+# order again: about four times the repeated batch is needed at once (measured: a 4 GB address-space
+# limit fails at 40,000 particles on the tests' tiny store, where twice would have allowed 42,000).
+WORKING_SET = 4.0
+
+
+def particle_bytes(split: SplitData, batch_size: int) -> int:
+    """Bytes per particle of the largest evaluation batch: WORKING_SET x B x T x (D + 1 + A + R) x 4."""
+    order = np.sort(split.lengths[split.lengths > 0])
+    width = int(np.prod(split.frames.shape[1:])) + 1 + (split.inputs.shape[1] if split.has_inputs else 0) \
+        + int(split.has_rewards)
+    largest = max((len(order[i:i + batch_size]) * int(order[i:i + batch_size].max())
+                   for i in range(0, len(order), batch_size)), default=0)
+    return int(WORKING_SET * largest * width * 4)
+
+
+def available_bytes(device: torch.device) -> tuple[int, str]:
+    """(bytes, what limits them): free device memory on CUDA; else the smallest of the memory available
+    to the machine and this process's address-space limit (ulimit -v) less what it already maps."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0]), f"free on {device}"
+    import resource
+
+    found = []
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            info = dict(line.split(":", 1) for line in handle)
+        found.append((int(info["MemAvailable"].split()[0]) * 1024, "available on this machine"))
+    except (OSError, KeyError, ValueError):
+        pass
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit != resource.RLIM_INFINITY:
+        try:
+            with open("/proc/self/status", encoding="ascii") as handle:
+                used = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmSize:"))
+        except (OSError, StopIteration, ValueError):
+            used = 0
+        found.append((max(0, limit - used), "left under this process's address-space limit (ulimit -v)"))
+    return min(found) if found else (1 << 62, "unknown")
+
+
+def check_particle_memory(split: SplitData, batch_size: int, bounds: tuple[Bound, ...], particles: int,
+                          device: torch.device) -> None:
+    """Refuse, in one line and before any work, particle bounds whose batches cannot fit in memory.
+
+    Chunking the particles would keep IWAE exact (a log-sum-exp over chunks) but not FIVO, whose
+    resampling draws across all K particles of a sequence; so both are refused with the estimate."""
+    heavy = [b for b in bounds if b.num_particles(particles) > 1]
+    if not heavy:
+        return
+    per_particle = particle_bytes(split, batch_size)
+    need = per_particle * particles
+    free, what = available_bytes(device)
+    if need <= free:
+        return
+    names = "/".join(b.label(particles) for b in heavy)
+    fits = free // max(per_particle, 1)
+    raise SeqviError(f"--particles {particles}: {names} would hold about {need / 1e9:.1f} GB at once (the largest "
+                     f"batch of data.eval_batch_size={batch_size} sequences repeated {particles} times), more than "
+                     f"the {free / 1e9:.1f} GB {what}; use --particles {fits} or fewer"
+                     + (" (or a smaller data.eval_batch_size)" if batch_size > 1 else ""))

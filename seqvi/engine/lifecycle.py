@@ -2,10 +2,12 @@
 
 What ``train`` writes, besides ``config.yaml``, ``metrics.jsonl`` and checkpoints:
 
-    train.lock       while a train process works on the run: {"pid", "host", "started"};
-                     created exclusively at the start, removed at every exit that Python sees
-                     (normal end, error, signal, Ctrl-C); only SIGKILL, the OOM killer or a
-                     lost node leave it behind
+    train.lock       while a train process works on the run: {"pid", "host", "started"}, and
+                     the process holds an exclusive ``fcntl.flock`` on it. The flock is the lock:
+                     the kernel drops it when the process dies (SIGKILL, OOM), so a file left
+                     behind is stale exactly when nobody holds its flock, and taking it over
+                     needs no unlink (two processes can never both hold it). The file is removed
+                     at every exit that Python sees; ``lock_held`` probes it (``seqvi runs``)
     history.jsonl    one line when training starts ({"event": "start", "step", "epoch", "time",
                      "pid", "host", "recipe"}) and one when it stops ({"event": "stop",
                      "reason", "step", "epoch", "checkpoint_step", "time", "message"})
@@ -21,9 +23,12 @@ The status rule that reads these back is ``seqvi/experiments/listing.py``.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 
@@ -35,6 +40,7 @@ LOCK = "train.lock"
 HISTORY = "history.jsonl"
 PREEMPTED = "preempted"
 SUBMITTED = "submitted"
+LOCK_TRIES = 500      # takeover attempts while a lock is held by a process that has not written its owner yet
 RESUMABLE_STOPS = ("interrupt", "budget", "abort")
 STOP_WHY = {"finished": "", "patience": "early stop (train.patience)", "budget": "time budget (train.max_minutes)",
             "signal": "signal (preempted)", "interrupt": "Ctrl-C", "abort": "aborted (second Ctrl-C)"}
@@ -73,6 +79,7 @@ class Lifecycle:
         self.started = False
         self.stopped = False
         self.position = {"step": 0, "epoch": 0, "checkpoint_step": None}
+        self._fd: int | None = None          # train.lock, open and flocked while we hold it
 
     def __enter__(self) -> "Lifecycle":
         if self.enabled:
@@ -83,21 +90,53 @@ class Lifecycle:
     def _lock(self) -> None:
         path = self.run_dir / LOCK
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-        for _ in range(2):
+        for _ in range(LOCK_TRIES):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                os.close(fd)
+                raise SeqviError(f"{path}: {file_kind(mode)}, not a lock file; delete it and rerun")
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            except FileExistsError:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
                 owner = read_lock(self.run_dir)
-                if owner and owner_alive(owner) and owner.get("pid") != os.getpid():
-                    where = owner.get("host") if owner.get("host") != me["host"] else "this machine"
-                    raise SeqviError(f"{self.run_dir}: already being trained by process {owner.get('pid')} on "
-                                     f"{where} ({path}); wait for it, or stop it, or delete the lock if that "
-                                     f"process is gone") from None
-                path.unlink(missing_ok=True)   # left by a killed process (or by ourselves): take it over
+                if owner and owner_alive(owner):
+                    raise self._busy(owner, me, path) from None
+                time.sleep(0.01)   # held, but its owner is not written yet (or a `seqvi runs` probe): again
                 continue
-            with os.fdopen(fd, "w") as handle:
-                json.dump(me, handle)
+            except OSError:         # a file system without flock: the pid check alone
+                os.close(fd)
+                return self._lock_by_pid(path, me)
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path, follow_symlinks=False).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:            # the holder before us removed the file we opened: lock the new one
+                os.close(fd)
+                continue
+            owner = read_lock(self.run_dir)
+            if owner and owner.get("pid") != os.getpid() and owner.get("host") == me["host"] and owner_alive(owner):
+                os.close(fd)        # a live process here that holds no flock (an older seqvi): leave it be
+                raise self._busy(owner, me, path)
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(me).encode("utf-8"))
+            self._fd = fd
             return
+        raise SeqviError(f"{self.run_dir}: {path} is held by another process that did not say who it is; "
+                         f"wait for it, or delete the lock if no seqvi runs there")
+
+    def _busy(self, owner: dict, me: dict, path: Path) -> SeqviError:
+        where = owner.get("host") if owner.get("host") != me["host"] else "this machine"
+        return SeqviError(f"{self.run_dir}: already being trained by process {owner.get('pid')} on {where} "
+                          f"({path}); wait for it, or stop it, or delete the lock if that process is gone")
+
+    def _lock_by_pid(self, path: Path, me: dict) -> None:
+        owner = read_lock(self.run_dir)
+        if owner and owner_alive(owner) and owner.get("pid") != os.getpid():
+            raise self._busy(owner, me, path)
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(me, handle)
 
     def start(self, step: int, epoch: int, recipe: str = "") -> None:
         self.started = True
@@ -136,19 +175,69 @@ class Lifecycle:
         if self.enabled:
             owner = read_lock(self.run_dir)
             if owner is None or owner.get("pid") == os.getpid():
-                (self.run_dir / LOCK).unlink(missing_ok=True)
+                (self.run_dir / LOCK).unlink(missing_ok=True)   # removed while still held, then released
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
+
+
+def read_regular(path: Path) -> tuple[str | None, str]:
+    """(text, problem) of a small run file: (None, "") when absent; (None, why) when it is not a regular
+    file (a FIFO would block a reader forever, a directory cannot be read) or cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except FileNotFoundError:
+        return None, ""
+    except OSError as err:
+        return None, f"unreadable ({err.strerror or err})"
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            return None, f"{file_kind(mode)}, not a regular file"
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read().decode("utf-8", errors="replace"), ""
+    except OSError as err:
+        return None, f"unreadable ({err.strerror or err})"
+    finally:
+        os.close(fd)
+
+
+def file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "a special file"
 
 
 def read_lock(run_dir: Path) -> dict | None:
+    text, problem = read_regular(Path(run_dir) / LOCK)
+    if text is None:
+        return {} if problem else None   # not a regular file: a lock of unknown owner
     try:
-        owner = json.loads((Path(run_dir) / LOCK).read_text(encoding="utf-8"))
+        owner = json.loads(text)
         return owner if isinstance(owner, dict) else {}
-    except FileNotFoundError:
+    except ValueError:
+        return {}   # torn or garbled (or being written): a lock of unknown owner
+
+
+def lock_held(run_dir: Path) -> bool | None:
+    """Whether some process holds train.lock's flock (a live trainer); None when no lock file or no flock."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW)
+    except OSError:
         return None
-    except (OSError, ValueError):
-        return {}   # torn or garbled: a lock of unknown owner
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError as err:
+        return None if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF) else True
+    finally:
+        os.close(fd)
+    return False
 
 
 def owner_alive(owner: dict) -> bool:

@@ -24,25 +24,11 @@ from pathlib import Path
 
 import yaml
 
-from seqvi.errors import SeqviError
+from seqvi.data.atomic import write_text_atomic  # noqa: F401  (the one safe writer; used here and re-exported)
+from seqvi.config import read_config_text
+from seqvi.errors import RecipeError, SeqviError
 
 RESUMABLE_KEYS = (("train", "epochs"), ("train", "patience"), ("train", "max_minutes"), ("train", "tensorboard"))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    if path.is_dir():
-        raise SeqviError(f"{path}: is a folder; give the path of a file to write")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def comparable(config: dict) -> dict:
@@ -71,10 +57,12 @@ def prepare(run_dir: Path, config: dict, force: bool = False) -> tuple[bool, lis
     replaced: list[str] = []
     if config_path.exists() and last.exists():
         try:
-            old = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+            old = yaml.safe_load(read_config_text(config_path, what="a run's config.yaml")) or {}
             problem = None if isinstance(old, dict) else f"a {type(old).__name__}, not a mapping"
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
+        except yaml.YAMLError as err:
             old, problem = {}, " ".join(str(err).split())[:160]
+        except RecipeError as err:
+            old, problem = {}, str(err).removeprefix(f"{config_path}: ")
         if problem:
             if not force:
                 raise SeqviError(f"{config_path}: corrupt run config ({problem}); "

@@ -27,6 +27,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from seqvi.engine.lifecycle import read_regular
 from seqvi.engine.runs import comparable
 from seqvi.experiments.listing import RunStatus, find_runs, run_status
 
@@ -95,6 +96,8 @@ class CompareRow:
         problems = [r.eval_problem for r in self.runs if r.eval_problem]
         if problems:
             notes.append(problems[0])
+        for run in self.runs:
+            notes += [f"{run.run_dir}: skipped {what}" for what in run.status.skipped]
         return notes
 
 
@@ -144,9 +147,26 @@ def compare(paths: list[Path], split: str = "test") -> Comparison:
         config = members[0].status.config
         rows.append(CompareRow(_recipe_name(members[0]), str((config.get("model") or {}).get("name", "?")),
                                q_label(config.get("inference") or {}), members))
+    _refuse_repeated_seeds(rows)
     _fill_differs(rows)
     columns = _columns(summaries)
     return Comparison(split, rows, columns, [r for row in rows for r in row.runs])
+
+
+def _refuse_repeated_seeds(rows: list[CompareRow]) -> None:
+    """Runs of one configuration pool into mean ± sd over seeds; two with the same seed (a copied run
+    directory) would pass one run off as several."""
+    from seqvi.errors import SeqviError
+
+    for row in rows:
+        by_seed: dict = {}
+        for run in row.runs:
+            by_seed.setdefault(run.status.config.get("seed"), []).append(str(run.run_dir))
+        for seed, dirs in by_seed.items():
+            if seed is not None and len(dirs) > 1:
+                raise SeqviError(f"{', '.join(dirs)}: {len(dirs)} runs of one configuration with the same seed "
+                                 f"{seed} (copies?); an sd over them is no spread over seeds: compare one of "
+                                 f"them, or train the others with their own seeds")
 
 
 def summarize(run_dir: Path, split: str) -> RunSummary:
@@ -157,16 +177,19 @@ def summarize(run_dir: Path, split: str) -> RunSummary:
     if status.seconds > 0:
         summary.values["train min"] = status.seconds / 60
     path = Path(run_dir) / "eval" / f"{split}.json"
-    if path.exists():
+    text, problem = read_regular(path)
+    if problem:
+        summary.eval_problem = f"skipped eval/{path.name} ({problem})"
+    if text is not None:
         try:
-            report = json.loads(path.read_text(encoding="utf-8"))
+            report = json.loads(text)
             summary.eval_checkpoint = str(report.get("checkpoint_name") or Path(report.get("checkpoint", "?")).stem)
             summary.values["F"] = float(report["nats_per_step"])
             summary.values["KL"] = float(report["kl_per_step"])
             for name, column in (report.get("columns") or {}).items():
                 if name != "recon (binned)":
                     summary.values[name] = float(column["nats_per_step"])
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             summary.eval_problem = f"{path.name} unreadable ({type(err).__name__})"
     return summary
 

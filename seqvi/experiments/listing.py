@@ -4,18 +4,25 @@ What train writes is described in ``seqvi/engine/lifecycle.py``.
 
 The status rule, first match wins:
 
-1. **running** — ``train.lock`` names a live process on this host (or any process on
-   another host: seqvi cannot look there, so a lock left by a lost node reads as running
-   until it is deleted);
+1. **running** — some process holds ``train.lock``'s flock (probed with a non-blocking
+   shared flock), or the lock names a live process on this host that holds none (an older
+   seqvi), or any process on another host whose flock this host cannot see (a lock left
+   by a lost node reads as running until it is deleted);
 2. **submitted** — ``submitted`` exists and no training started since (queued in SLURM);
-3. **failed** — ``train.lock`` names a dead process on this host (killed: SIGKILL, OOM),
-   or the last stop is ``error``;
+3. **failed** — ``train.lock`` is held by nobody and names a dead process on this host
+   (killed: SIGKILL, OOM), or the last stop is ``error``, or ``config.yaml`` is not a
+   readable file (a directory: the run is listed with that reason, not dropped);
 4. **preempted** — the ``preempted`` marker exists, or the last stop is ``signal``;
 5. **finished** — the last stop is ``finished`` or ``patience`` (why: "early stop");
 6. **stopped** — the last stop is ``interrupt``, ``budget`` or ``abort``: resumable, rerun train;
 7. **empty** — no checkpoint (a run directory that never reached its first checkpoint);
 8. runs from before ``history.jsonl``: **finished** when metrics.jsonl reached
    ``train.epochs``, else **failed** ("ended without a stop record").
+
+Files that are not regular (a FIFO named ``metrics.jsonl`` would block a reader forever)
+are not read: they are skipped and named in the run's ``why`` (``RunStatus.skipped``). A
+torn last line of ``metrics.jsonl`` (a kill in mid-write) is read for its whole fields, and
+the epoch reached is at least the last stop record's.
 
 Nothing here imports torch: listing a thousand runs reads small text files only.
 """
@@ -25,44 +32,63 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from seqvi.engine.lifecycle import (HISTORY, LOCK, PREEMPTED, RESUMABLE_STOPS, STOP_WHY, SUBMITTED, owner_alive,
-                                    read_lock)
+from seqvi.engine.lifecycle import (HISTORY, LOCK, PREEMPTED, RESUMABLE_STOPS, STOP_WHY, SUBMITTED, lock_held,
+                                    owner_alive, read_lock, read_regular)
 from seqvi.errors import SeqviError
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """The whole lines of a JSON-lines file that parse to objects; a torn or garbled line is skipped."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
+_FIELD = re.compile(r'"(\w+)": (-?[0-9][0-9.eE+-]*|true|false|null)(?=[,}])')
+
+
+def read_jsonl(path: Path, skipped: list | None = None) -> list[dict]:
+    """The lines of a JSON-lines file that parse to objects; a garbled line is skipped. A torn last line
+    (no newline: a kill in mid-write) keeps its whole ``"key": number`` fields. A file that is not regular
+    is not read; it and a torn line are named in ``skipped``."""
+    skipped = [] if skipped is None else skipped
+    text, problem = read_regular(Path(path))
+    if problem:
+        skipped.append(f"{Path(path).name} ({problem})")
+    if not text:
         return []
     records = []
-    for line in text.splitlines():
+    lines = text.splitlines()
+    for number, line in enumerate(lines):
         try:
             record = json.loads(line)
         except ValueError:
-            continue
+            if number == len(lines) - 1 and not text.endswith("\n"):
+                record = {key: json.loads(value) for key, value in _FIELD.findall(line)}
+                skipped.append(f"{Path(path).name}: last line torn ({len(line)} bytes; its whole fields read)")
+            else:
+                continue
         if isinstance(record, dict):
             records.append(record)
     return records
 
 
-def read_config(run_dir: Path) -> dict:
+def read_config(run_dir: Path, skipped: list | None = None) -> dict:
+    text, problem = read_regular(Path(run_dir) / "config.yaml")
+    if problem and skipped is not None:
+        skipped.append(f"config.yaml ({problem})")
     try:
-        config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        config = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        if skipped is not None:
+            skipped.append("config.yaml (invalid YAML)")
         return {}
     return config if isinstance(config, dict) else {}
 
 
 def is_run(path: Path) -> bool:
-    return (path / "config.yaml").is_file()
+    """A folder with a ``config.yaml`` (of any kind: one that is not a file is reported, not hidden)."""
+    return os.path.lexists(path / "config.yaml")
 
 
 def find_runs(paths: list[Path] | tuple[Path, ...], max_depth: int = 4) -> list[Path]:
@@ -86,7 +112,8 @@ def _walk(path: Path, depth: int) -> list[Path]:
         return []
     runs = []
     try:
-        children = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+        children = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")
+                          and p.name != "config.yaml")
     except OSError:
         return []
     for child in children:
@@ -110,16 +137,20 @@ class RunStatus:
     seconds: float = 0.0                # training wall time, summed over start..stop segments
     curve: list = field(default_factory=list)   # [(epoch, valid nats/step, training seconds at that point)]
     has_checkpoint: bool = False
+    skipped: list = field(default_factory=list)   # files not read (not regular) or read in part (torn)
 
 
 def run_status(run_dir: Path) -> RunStatus:
     run_dir = Path(run_dir)
-    config = read_config(run_dir)
+    skipped: list[str] = []
+    config = read_config(run_dir, skipped)
     epochs = (config.get("train") or {}).get("epochs") if isinstance(config.get("train"), dict) else None
-    metrics = read_jsonl(run_dir / "metrics.jsonl")
-    history = [r for r in read_jsonl(run_dir / HISTORY) if r.get("event") in ("start", "stop")]
-    valid = [r for r in metrics if isinstance(r.get("valid_nats_per_step"), (int, float)) and "epoch" in r]
-    out = RunStatus(run_dir, "empty", epochs=epochs if isinstance(epochs, int) else None, config=config)
+    metrics = read_jsonl(run_dir / "metrics.jsonl", skipped)
+    history = [r for r in read_jsonl(run_dir / HISTORY, skipped) if r.get("event") in ("start", "stop")]
+    valid = [r for r in metrics if isinstance(r.get("valid_nats_per_step"), (int, float))
+             and isinstance(r.get("epoch"), int)]
+    out = RunStatus(run_dir, "empty", epochs=epochs if isinstance(epochs, int) else None, config=config,
+                    skipped=skipped)
     out.has_checkpoint = any((run_dir / "checkpoints" / n).is_file() for n in ("last.pt", "best.pt"))
     out.modified = _newest(run_dir)
     if valid:
@@ -130,15 +161,21 @@ def run_status(run_dir: Path) -> RunStatus:
     out.step = max(steps) if steps else 0
     starts = [r for r in history if r["event"] == "start"]
     out.recipe = str(starts[-1].get("recipe", "")) if starts else ""
+    stops = [r for r in history if r["event"] == "stop" and isinstance(r.get("epoch"), int)]
+    if stops and stops[-1]["epoch"] > out.epoch:   # the epoch's metrics line was lost (torn, deleted)
+        out.epoch = stops[-1]["epoch"]
     out.seconds, out.curve = _timeline(history, metrics, valid)
-    out.status, out.why = _classify(run_dir, out, history)
+    unreadable = any(s.startswith("config.yaml") for s in skipped)
+    out.status, out.why = ("failed", "") if unreadable else _classify(run_dir, out, history)
+    if skipped:
+        out.why = "; ".join(([out.why] if out.why else []) + [f"skipped {s}" for s in skipped])
     return out
 
 
 def _classify(run_dir: Path, out: RunStatus, history: list[dict]) -> tuple[str, str]:
     owner = read_lock(run_dir)
     if owner is not None:
-        if owner_alive(owner):
+        if lock_held(run_dir) or owner_alive(owner):   # the flock, or a pid that holds none (older seqvi)
             host = owner.get("host")
             where = f" on {host}" if host and host != socket.gethostname() else ""
             return "running", f"pid {owner.get('pid', '?')}{where}"
@@ -147,8 +184,8 @@ def _classify(run_dir: Path, out: RunStatus, history: list[dict]) -> tuple[str, 
     last_start = max((r.get("time", 0) for r in history if r["event"] == "start"), default=0)
     if submitted.exists() and submitted.stat().st_mtime >= last_start:
         try:
-            job = json.loads(submitted.read_text(encoding="utf-8")).get("job", "?")
-        except (OSError, ValueError, AttributeError):
+            job = json.loads(read_regular(submitted)[0] or "").get("job", "?")
+        except (ValueError, AttributeError):
             job = "?"
         return "submitted", f"SLURM job {job}"
     last = history[-1] if history else None

@@ -105,6 +105,12 @@ def split_seeds(seeds: str | None, args: list[str]) -> tuple[list[int], list[str
     bad = [w for w in words if not re.fullmatch(r"-?\d+", w)]
     if bad:
         raise RecipeError(f"--seeds: {bad[0]!r} is not a whole number")
+    from seqvi.config import MAX_SEED
+
+    bad = [w for w in words if not 0 <= int(w) <= MAX_SEED]
+    if bad:
+        raise RecipeError(f"--seeds: {', '.join(bad)} outside 0..2**63-1 (seeds are whole numbers from 0); "
+                          f"nothing was trained")
     return [int(w) for w in words], [a for a in args if "=" in a]
 
 
@@ -187,6 +193,9 @@ def sweep(recipe: Path, *, seeds: list[int], grid_items: list[str], runs: Path =
                 raise
             except SeqviError as err:
                 outcome.action, outcome.message = "failed", str(err)
+            except Exception as err:   # a bug or a fault (OSError, ...): recorded, and the sweep goes on
+                text = " ".join(str(err).split())[:300]
+                outcome.action, outcome.message = "failed", f"{type(err).__name__}: {text}"
         outcome.status = run_status(point.run_dir).status if point.run_dir.exists() else "new"
         if outcome.status == "finished" and evaluate is not None:
             outcome.evaluated = _evaluate(point, evaluate, eval_split, eval_args, record, outcome)
