@@ -86,24 +86,22 @@ def check_checkpoint(state: dict, path: Path, run_dir: Path, config: dict) -> No
     field) is checked by its ``config`` alone, keys it does not have being skipped.
     """
     fix = "put this run's own checkpoint back, or use another --run-dir or --force to start afresh"
+    saved = state.get("config")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: holds no config to check against {run_dir / 'config.yaml'}; {fix}")
+    legacy = "config_hash" not in state
+    diffs = config_diff(comparable(saved), comparable(config))
+    if legacy:   # keys added to the recipe since that checkpoint was written are not differences
+        diffs = [d for d in diffs if not d.split(": ", 1)[1].startswith(repr("<unset>"))]
+    if diffs or (not legacy and state.get("config_hash") != config_hash(config)):
+        shown = "; ".join(diffs[:3]) + (" ..." if len(diffs) > 3 else "") if diffs else "its config hash differs"
+        raise CheckpointError(f"{path}: trained with another config than {run_dir / 'config.yaml'} "
+                              f"(checkpoint -> run: {shown}); {fix}")
     mine, theirs = run_identity(run_dir), state.get("run_id")
     if theirs is not None and theirs != mine:
         owner = f"run {theirs}" if isinstance(theirs, str) else repr(theirs)
         here = f"this run is {mine}" if mine else f"this run has no {RUN_FILE}"
         raise CheckpointError(f"{path}: belongs to another run ({owner}; {here}); {fix}")
-    saved = state.get("config")
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"{path}: holds no config to check against {run_dir / 'config.yaml'}; {fix}")
-    if state.get("config_hash") == config_hash(config):
-        return
-    legacy = "config_hash" not in state
-    diffs = config_diff(comparable(saved), comparable(config))
-    if legacy:   # keys added to the recipe since that checkpoint was written are not differences
-        diffs = [d for d in diffs if not d.split(": ", 1)[1].startswith(repr("<unset>"))]
-    if diffs or not legacy:
-        shown = "; ".join(diffs[:3]) + (" ..." if len(diffs) > 3 else "") if diffs else "its config hash differs"
-        raise CheckpointError(f"{path}: trained with another config than {run_dir / 'config.yaml'} "
-                              f"(checkpoint -> run: {shown}); {fix}")
 
 
 def config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
