@@ -274,7 +274,7 @@ def test_cli_download_preprocess_train_eval_predict_sample(tmp_path, manifests, 
     assert (run_dir / "eval" / "predict_test.png").stat().st_size > 0
     out = run("sample", "--checkpoint", run_dir, "--num", 2, "--length", 6, "--prime", 2, "--device", "cpu")
     samples = run_dir / "samples"
-    assert sorted(p.name for p in samples.iterdir() if p.name != ".seqvi-samples.json") == ["sample_01.gif", "sample_01.mp4", "sample_02.gif",
+    assert sorted(p.name for p in samples.iterdir() if not p.name.startswith(".")) == ["sample_01.gif", "sample_01.mp4", "sample_02.gif",
                                                          "sample_02.mp4", "samples.png"]
     with av.open(str(samples / "sample_01.mp4")) as container:
         frames = [f.to_ndarray(format="gray") for f in container.decode(video=0)]

@@ -11,7 +11,7 @@ listener never opens half a file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -20,7 +20,8 @@ from seqvi.data.store import Store
 from seqvi.errors import DataError
 
 
-def write_wav(x: np.ndarray, out_dir: Path, spec: Any, truth: np.ndarray | None = None) -> list[Path]:
+def write_wav(x: np.ndarray, out_dir: Path, spec: Any, truth: np.ndarray | None = None,
+              before: Callable[[Path], None] | None = None) -> list[Path]:
     """One WAV file per sequence of frames (N, T, F); returns the paths written."""
     with Store(spec.store) as store:
         try:
@@ -32,7 +33,13 @@ def write_wav(x: np.ndarray, out_dir: Path, spec: Any, truth: np.ndarray | None 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     waves = to_int16(np.asarray(x).reshape(len(x), -1), mean, std)
-    return [_write_atomic(out_dir / f"sample_{i + 1:02d}.wav", rate, wave) for i, wave in enumerate(waves)]
+    paths = []
+    for i, wave in enumerate(waves):
+        path = out_dir / f"sample_{i + 1:02d}.wav"
+        if before:
+            before(path)
+        paths.append(_write_atomic(path, rate, wave))
+    return paths
 
 
 def to_int16(x: np.ndarray, mean: float, std: float) -> np.ndarray:

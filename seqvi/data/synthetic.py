@@ -142,10 +142,13 @@ def preprocess_synthetic(manifest: Manifest, source: Path, out_path: Path, *, st
     return report
 
 
-def write_npz(x: np.ndarray, out_dir: Path, spec: object, truth: np.ndarray | None = None) -> list[Path]:
+def write_npz(x: np.ndarray, out_dir: Path, spec: object, truth: np.ndarray | None = None,
+              before: Callable[[Path], None] | None = None) -> list[Path]:
     """Generated sequences (N, T, X) as ``samples.npz`` (array ``x``): the sample writer for this adapter."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "samples.npz"
+    if before:
+        before(path)
     with atomic_output(path) as handle:
         np.savez(handle, x=np.asarray(x, dtype=np.float32))
     return [path]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -104,7 +104,8 @@ def write_gif(frames: np.ndarray, path: Path, fps: int) -> Path:
     return path
 
 
-def write_video(x: np.ndarray, out_dir: Path, spec: Any, truth: np.ndarray | None = None) -> list[Path]:
+def write_video(x: np.ndarray, out_dir: Path, spec: Any, truth: np.ndarray | None = None,
+                before: Callable[[Path], None] | None = None) -> list[Path]:
     """One MP4 and one GIF per sample of ``x`` (N, T, C, H, W); ``truth`` shown beside it if given."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -115,8 +116,11 @@ def write_video(x: np.ndarray, out_dir: Path, spec: Any, truth: np.ndarray | Non
     for i, video in enumerate(frames):
         video = side_by_side(video, real[i] if real is not None else None)
         video = video.repeat(UPSCALE, 1).repeat(UPSCALE, 2)
-        paths.append(write_mp4(video, out_dir / f"sample_{i + 1:02d}.mp4", fps))
-        paths.append(write_gif(video, out_dir / f"sample_{i + 1:02d}.gif", fps))
+        for suffix, write in ((".mp4", write_mp4), (".gif", write_gif)):
+            path = out_dir / f"sample_{i + 1:02d}{suffix}"
+            if before:
+                before(path)
+            paths.append(write(video, path, fps))
     return paths
 
 

@@ -27,11 +27,13 @@ import errno
 import fcntl
 import json
 import os
+import signal
 import socket
 import stat
 import time
 from pathlib import Path
 
+from seqvi.data.atomic import NO_SPACE, disk_full
 from seqvi.errors import SeqviError
 
 REQUEUE_EXIT = 75    # EX_TEMPFAIL, "try again later": the sbatch scripts requeue on it
@@ -59,9 +61,19 @@ class Interrupted(SeqviError):
 
 
 def _append(path: Path, record: dict) -> None:
+    line = (json.dumps(record) + "\n").encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
-        os.write(fd, (json.dumps(record) + "\n").encode("utf-8"))
+        size = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, line)
+        except OSError as err:
+            if err.errno not in NO_SPACE:
+                raise
+            written = -1
+        if written != len(line):   # a full disk: one line, and no torn record left
+            os.ftruncate(fd, size)
+            raise disk_full(path, needed=len(line), what="a history record")
     finally:
         os.close(fd)
 
@@ -162,6 +174,20 @@ class Lifecycle:
                                               "time": time.time(), "message": message})
 
     def __exit__(self, kind, err, tb) -> None:
+        try:
+            self._record_exit(err)
+        except (OSError, SeqviError):   # a full or read-only disk: the error in flight is the one to report
+            if err is None:
+                raise
+        if self.enabled:
+            owner = read_lock(self.run_dir)
+            if owner is None or owner.get("pid") == os.getpid():
+                (self.run_dir / LOCK).unlink(missing_ok=True)   # removed while still held, then released
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def _record_exit(self, err) -> None:
         if err is not None:
             if isinstance(err, Preempted):
                 self.stop("signal", str(err))
@@ -172,15 +198,47 @@ class Lifecycle:
             else:
                 text = " ".join(str(err).split())[:300]
                 self.stop("error", f"{type(err).__name__}: {text}" if not isinstance(err, SeqviError) else text)
-        if self.enabled:
-            owner = read_lock(self.run_dir)
-            if owner is None or owner.get("pid") == os.getpid():
-                (self.run_dir / LOCK).unlink(missing_ok=True)   # removed while still held, then released
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
 
 
+class StopFlag:
+    """Signal handlers that only raise a flag; the loop (train's step, sample's file) acts on it.
+
+    A second SIGINT while the first is pending raises KeyboardInterrupt at once. ``stopped(where)``
+    raises what the flag means: ``Preempted`` for SIGTERM/SIGUSR1, ``Interrupted`` for Ctrl-C.
+    """
+
+    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
+
+    def __init__(self):
+        self.signal: int = 0
+        self._old = {}
+
+    def __enter__(self):
+        for name in self.SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                try:
+                    self._old[sig] = signal.signal(sig, self._handle)
+                except ValueError:  # not the main thread (e.g. a test runner's worker)
+                    pass
+        return self
+
+    def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.signal == signal.SIGINT:
+            raise KeyboardInterrupt
+        if not self.signal:
+            self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def stopped(self, where: str) -> None:
+        """Raise ``Interrupted`` / ``Preempted`` with ``where`` when a signal came; else return."""
+        if self.signal == signal.SIGINT:
+            raise Interrupted(f"Ctrl-C {where}")
+        if self.signal:
+            raise Preempted(f"{signal.Signals(self.signal).name} {where}")
 
 
 def read_regular(path: Path) -> tuple[str | None, str]:

@@ -17,22 +17,42 @@ previous call recorded that this one did not write (``--num 2`` after
 are left alone. In a run's own ``samples/`` folder written before the record
 existed, the files named like seqvi's (``sample_NN.*``, ``samples.*``) count
 as the previous call's.
+
+A call is all or nothing. The files are written into a staging folder
+inside the output folder (``.seqvi-samples.<random>.tmp/``) and moved into
+place only when all are written; before the move the record lists the
+previous call's files and this call's, after it this call's. So a full disk
+(one line, exit 2), SIGTERM / SIGUSR1 (exit 75) or Ctrl-C (exit 130; the
+same signal handling as ``train``: a flag, acted on between two files)
+leaves the folder as it was, and a call killed outright (SIGKILL) leaves
+only its staging folder, which the next call removes. One call at a time
+writes a folder (``.seqvi-samples.lock``, ``flock``); another is refused in
+one line.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
 
+from seqvi.config import read_config_text
+from seqvi.engine.lifecycle import StopFlag
 from seqvi.errors import SeqviError
 
 RECORD = ".seqvi-samples.json"
+LOCK = ".seqvi-samples.lock"
+STAGING_PREFIX = ".seqvi-samples."
+STAGING_GLOB = ".seqvi-samples.*.tmp"
 LEGACY_NAMES = re.compile(r"sample_\d{2,}\.(mid|wav|mp4|gif)|samples\.(npz|png)")
 Picture = Callable[[str, Any, Path, int], Path]   # (adapter, x, path, primed) -> path written
 
@@ -80,9 +100,9 @@ def sample_sequences(model: Any, inference: Any, num: int, length: int, *,
 def sample_run(run: Any, *, num: int = 4, length: int = 128, prime: int = 0, out: Path | None = None,
                seed: int = 0, mean: bool | None = None, picture: Picture | None = None) -> SampleResult:
     """Sample ``num`` sequences from a loaded run and write them (and ``picture``'s PNG) to ``out``."""
+    from seqvi.data.atomic import write_text_atomic
     from seqvi.data.batches import pad
     from seqvi.data.samples import SAMPLE_MEAN, SAMPLE_WRITERS, write_npz
-    from seqvi.engine.runs import write_text_atomic
 
     prime_x, truth = None, None
     if prime:
@@ -97,32 +117,75 @@ def sample_run(run: Any, *, num: int = 4, length: int = 128, prime: int = 0, out
             truth, _ = pad([test.read(i, 0, length) for i in picks], test.value_scale, length)
             truth = truth.numpy()
     use_mean = SAMPLE_MEAN.get(run.spec.adapter, False) if mean is None else mean
-    x = sample_sequences(run.model, run.inference, num, length, prime=prime_x, seed=seed,
-                         use_mean=use_mean).cpu().numpy()
     out_dir = Path(out) if out is not None else run.run_dir / "samples"
-    before = _previous_files(out_dir, legacy=out is None)
-    result = SampleResult(out_dir, list(SAMPLE_WRITERS.get(run.spec.adapter, write_npz)(x, out_dir, run.spec, truth=truth)))
-    if picture is not None:
-        result.paths.append(picture(run.spec.adapter, x, out_dir / "samples.png", prime))
-    written = {p.name for p in result.paths if Path(p).parent == out_dir}
-    for name in sorted(before - written):
-        (out_dir / name).unlink(missing_ok=True)
-        result.removed.append(out_dir / name)
-    write_text_atomic(out_dir / RECORD, json.dumps({
-        "files": sorted(written), "checkpoint": str(run.checkpoint), "num": num, "length": length,
-        "prime": prime, "seed": seed, "mean": use_mean}, indent=1))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _folder_lock(out_dir), StopFlag() as stop:
+        for stale in out_dir.glob(STAGING_GLOB):      # left by a call that was killed outright
+            shutil.rmtree(stale, ignore_errors=True)
+        for stale in out_dir.glob(f".{RECORD}.*.tmp"):
+            stale.unlink(missing_ok=True)
+        x = sample_sequences(run.model, run.inference, num, length, prime=prime_x, seed=seed,
+                             use_mean=use_mean).cpu().numpy()
+        before = _previous_files(out_dir, legacy=out is None)
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, suffix=".tmp", dir=out_dir))
+        try:
+            count = [0]
+
+            def check(path: Path) -> None:   # before each file: a signal stops the call here
+                stop.stopped(f"after {count[0]} files of this call; nothing was replaced in {out_dir} "
+                             f"(rerun to write them)")
+                count[0] += 1
+
+            staged = list(SAMPLE_WRITERS.get(run.spec.adapter, write_npz)(x, staging, run.spec, truth=truth, before=check))
+            if picture is not None:
+                check(staging / "samples.png")
+                staged.append(picture(run.spec.adapter, x, staging / "samples.png", prime))
+            check(out_dir / RECORD)
+            written = [Path(p).name for p in staged]
+            settings = {"checkpoint": str(run.checkpoint), "num": num, "length": length, "prime": prime,
+                        "seed": seed, "mean": use_mean}
+            # the record covers every file that may be in the folder while they move (a kill mid-way)
+            write_text_atomic(out_dir / RECORD, json.dumps({"files": sorted(before | set(written)),
+                                                            "complete": False, **settings}, indent=1))
+            result = SampleResult(out_dir)
+            for name in written:
+                os.replace(staging / name, out_dir / name)
+                result.paths.append(out_dir / name)
+            for name in sorted(before - set(written)):
+                (out_dir / name).unlink(missing_ok=True)
+                result.removed.append(out_dir / name)
+            write_text_atomic(out_dir / RECORD, json.dumps({"files": sorted(written), "complete": True,
+                                                            **settings}, indent=1))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return result
+
+
+@contextmanager
+def _folder_lock(out_dir: Path) -> Iterator[None]:
+    import fcntl   # POSIX only: imported here so that the module loads everywhere
+
+    with open(out_dir / LOCK, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SeqviError(f"{out_dir}: another `seqvi sample` is writing this folder ({LOCK}); wait for it "
+                             f"or give another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _previous_files(out_dir: Path, legacy: bool) -> set[str]:
     """Names the previous call into ``out_dir`` wrote (plain names inside the folder only)."""
     try:
-        names = json.loads((out_dir / RECORD).read_text(encoding="utf-8"))["files"]
+        names = json.loads(read_config_text(out_dir / RECORD, what="a samples record"))["files"]
         return {n for n in names if isinstance(n, str) and n and "/" not in n and "\\" not in n
-                and n not in (".", "..", RECORD)}
+                and n not in (".", "..", RECORD, LOCK)}
     except FileNotFoundError:
         if legacy and out_dir.is_dir():
             return {p.name for p in out_dir.iterdir() if p.is_file() and LEGACY_NAMES.fullmatch(p.name)}
         return set()
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, SeqviError):
         return set()   # an unreadable record: remove nothing

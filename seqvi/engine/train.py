@@ -63,7 +63,7 @@ from seqvi.data.batches import Batch, crop_batch, epoch_order
 from seqvi.engine import checkpoint, distributed, runs
 from seqvi.engine.board import Board, require as require_tensorboard
 from seqvi.engine.evaluate import evaluate
-from seqvi.engine.lifecycle import INTERRUPT_EXIT, REQUEUE_EXIT, Interrupted, Lifecycle, Preempted
+from seqvi.engine.lifecycle import INTERRUPT_EXIT, REQUEUE_EXIT, Interrupted, Lifecycle, Preempted, StopFlag
 from seqvi.engine.setup import DataSpec, build, open_store, resolve_device
 from seqvi.engine.tally import EpochTally, number
 from seqvi.errors import CheckpointError, RecipeError, SeqviError
@@ -90,39 +90,6 @@ class TrainResult:
     stop: str = "finished"      # finished | patience | budget (why this call returned)
     nothing_to_do: bool = False  # the run was already complete (finished, or stopped by patience)
     since_best: int = 0         # epochs since the best validation
-
-
-class _StopFlag:
-    """Signal handlers that only raise a flag; the loop acts at the end of a step.
-
-    A second SIGINT while the first is pending raises KeyboardInterrupt at once.
-    """
-
-    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
-
-    def __init__(self):
-        self.signal: int = 0
-        self._old = {}
-
-    def __enter__(self):
-        for name in self.SIGNALS:
-            sig = getattr(signal, name, None)
-            if sig is not None:
-                try:
-                    self._old[sig] = signal.signal(sig, self._handle)
-                except ValueError:  # not the main thread (e.g. a test runner's worker)
-                    pass
-        return self
-
-    def _handle(self, signum, frame):
-        if signum == signal.SIGINT and self.signal == signal.SIGINT:
-            raise KeyboardInterrupt
-        if not self.signal:
-            self.signal = signum
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def train(recipe: Recipe, run_dir: str | Path, *, device: str = "auto", force: bool = False,
@@ -194,6 +161,7 @@ def _loop(recipe: Recipe, run_dir: Path, dist: distributed.Dist, dev: torch.devi
         marker.unlink(missing_ok=True)
     if resume:
         state = checkpoint.load(ckpt_dir / "last.pt", map_location=dev)
+        runs.check_checkpoint(state, ckpt_dir / "last.pt", run_dir, config)   # this run's, not a copied one
         if not isinstance(state.get("data"), dict) or state["data"].get("x_dim") != spec.x_dim:
             raise CheckpointError(f"{ckpt_dir / 'last.pt'}: trained on data of another shape than {spec.store}")
         try:
@@ -214,10 +182,12 @@ def _loop(recipe: Recipe, run_dir: Path, dist: distributed.Dist, dev: torch.devi
         if dist.main:
             metrics.truncate_after(step)
 
+    identity = {"run_id": runs.run_identity(run_dir), "config_hash": runs.config_hash(config)}
+
     def save(name: str, epoch_: int, batch_: int) -> None:
         if dist.main:
             checkpoint.save({
-                "config": config, "data": vars(spec), "model": model.state_dict(),
+                **identity, "config": config, "data": vars(spec), "model": model.state_dict(),
                 "inference": inference.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "epoch": epoch_, "batch": batch_, "step": step,
                 "best": result.best_valid, "since_best": result.since_best, "rng": checkpoint.rng_state(),
@@ -249,7 +219,7 @@ def _loop(recipe: Recipe, run_dir: Path, dist: distributed.Dist, dev: torch.devi
     halt = None
     board = Board(run_dir / "tensorboard", enabled=cfg.tensorboard and dist.main, resumed_step=result.resumed_step,
                   picture=picture)
-    with _StopFlag() as stop, board:
+    with StopFlag() as stop, board:
         while epoch < cfg.epochs:
             tally.start_clock()
             order = epoch_order(train_split, recipe.data.batch_size, recipe.seed, epoch, recipe.data.min_length,

@@ -170,14 +170,16 @@ def seqvi_command(*args) -> list[str]:
 
 
 def run_seqvi(*args, memory: int | None = None, timeout: float = 300, env: dict | None = None,
-              stdin=subprocess.DEVNULL, cwd=None) -> subprocess.CompletedProcess:
+              stdin=subprocess.DEVNULL, cwd=None, merge: bool = True) -> subprocess.CompletedProcess:
     """``python -m seqvi ARGS`` as a real process, stdout and stderr merged into ``.stdout``.
 
-    ``memory`` caps the address space (``RLIMIT_AS``) in the child only.
+    ``memory`` caps the address space (``RLIMIT_AS``) in the child only. ``merge=False`` keeps
+    stderr apart (``.stderr``): for commands such as ``train`` that report progress on stdout
+    before a fault; ``assert_fault`` then reads stderr.
     """
     return subprocess.run(seqvi_command(*args), env=env or seqvi_env(), stdin=stdin, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=timeout, cwd=cwd,
-                          preexec_fn=_cap_memory(memory) if memory else None)
+                          stderr=subprocess.STDOUT if merge else subprocess.PIPE, text=True, timeout=timeout,
+                          cwd=cwd, preexec_fn=_cap_memory(memory) if memory else None)
 
 
 def start_seqvi(*args, memory: int | None = None, env: dict | None = None, **popen) -> subprocess.Popen:
@@ -197,8 +199,12 @@ class Outcome:
 
 
 def assert_fault(proc, needle: str = "") -> str:
-    """A real process's answer to a fault: exit 2, one ``error:`` line containing ``needle``, no traceback."""
-    output = proc.stdout if isinstance(proc.stdout, str) else (proc.stdout or b"").decode(errors="replace")
+    """A real process's answer to a fault: exit 2, one ``error:`` line containing ``needle``, no traceback.
+
+    Reads stderr where it was kept apart (``run_seqvi(..., merge=False)``), else the merged output.
+    """
+    stream = proc.stderr if getattr(proc, "stderr", None) is not None else proc.stdout
+    output = stream if isinstance(stream, str) else (stream or b"").decode(errors="replace")
     one_line_error(Outcome(proc.returncode, output), needle)
     return output.strip()
 
@@ -232,3 +238,114 @@ def make_full(path: Path) -> Path:
 def make_zero(path: Path) -> Path:
     """A node like ``/dev/zero`` (1,5): endless zero bytes."""
     return make_char_device(path, 1, 5)
+
+
+# --------------------------------------------------------------------------- data and runs
+
+
+def big_corpus(folder: Path, counts=(800, 100, 100), seed: int = 1) -> Path:
+    """A thousand MIDI files (six distinct 40-beat pieces, copied): seconds of preprocessing, ~280 kB of store."""
+    import numpy as np
+
+    from conftest import random_piece, write_midi
+
+    rng = np.random.default_rng(seed)
+    pieces = []
+    for i in range(6):
+        path = folder / f"piece{i}.mid"
+        write_midi(path, random_piece(rng, 40))
+        pieces.append(path.read_bytes())
+        path.unlink()
+    for split, count in zip(("train", "valid", "test"), counts):
+        (folder / split).mkdir(parents=True)
+        for j in range(count):
+            (folder / split / f"{split}_{j:04d}.mid").write_bytes(pieces[j % len(pieces)])
+    return folder
+
+
+@contextmanager
+def environ(**values: str) -> Iterator[None]:
+    old = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@dataclass
+class Trained:
+    """Runs trained once per session on the tiny corpus: copy them (``copy_run``) before changing anything."""
+
+    manifests: Path     # $SEQVI_MANIFESTS holding ``tiny``
+    root: Path          # data root with processed/tiny.h5
+    run: Path           # 2 epochs, lr 0.01, evaluated on test
+    other: Path         # the same recipe with lr 0.003 (another run, another config)
+    twin: Path          # the same recipe as ``run`` trained into its own directory (same config, another run)
+    recipe: Path        # the recipe of ``run`` (and ``twin``)
+
+
+def write_recipe(path: Path, root: Path, **train) -> Path:
+    import yaml
+
+    from conftest import tiny_recipe
+
+    path.write_text(yaml.safe_dump(tiny_recipe(root, **train)))
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Trained:
+    from typer.testing import CliRunner
+
+    from conftest import TINY_MANIFEST, make_corpus
+    from seqvi.cli import app
+
+    base = tmp_path_factory.mktemp("trained")
+    manifests = base / "manifests"
+    manifests.mkdir()
+    for path in (REPO / "seqvi" / "data" / "manifests").glob("*.yaml"):
+        (manifests / path.name).write_text(path.read_text())
+    (manifests / "tiny.yaml").write_text(TINY_MANIFEST)
+    root = base / "data"
+    make_corpus(root / "raw" / "tiny")
+    recipe = write_recipe(base / "tiny.yaml", root)
+    other = write_recipe(base / "other.yaml", root, lr=0.003)
+    runner = CliRunner()
+    with environ(SEQVI_MANIFESTS=str(manifests)):
+        for args in (["preprocess", "tiny", "--root", str(root)],
+                     ["train", str(recipe), "--run-dir", str(base / "run"), "--device", "cpu"],
+                     ["eval", "--checkpoint", str(base / "run"), "--split", "test", "--device", "cpu"],
+                     ["train", str(other), "--run-dir", str(base / "other"), "--device", "cpu"],
+                     ["train", str(recipe), "--run-dir", str(base / "twin"), "--device", "cpu"]):
+            result = runner.invoke(app, args)
+            assert result.exit_code == 0, (args, result.output)
+    return Trained(manifests, root, base / "run", base / "other", base / "twin", recipe)
+
+
+@pytest.fixture
+def tiny(trained, monkeypatch) -> Trained:
+    """``trained``, with $SEQVI_MANIFESTS set for this test (and the processes it starts)."""
+    monkeypatch.setenv("SEQVI_MANIFESTS", str(trained.manifests))
+    return trained
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run, dest, symlinks=True)
+    return dest
+
+
+def assert_stopped(proc, exit_code: int, needle: str = "") -> str:
+    """A real process stopped by a signal it handled: ``exit_code``, one ``stopped:`` line, no traceback."""
+    output = proc.stdout if isinstance(proc.stdout, str) else (proc.stdout or b"").decode(errors="replace")
+    lines = output.strip().splitlines()
+    assert proc.returncode == exit_code, output
+    assert len(lines) == 1 and lines[0].startswith("stopped:"), output
+    assert "Traceback" not in output and needle in lines[0], output
+    return lines[0]
