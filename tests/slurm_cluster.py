@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-PROGRAMS = ("munged", "munge", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "srun")
+PROGRAMS = ("munged", "munge", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scontrol", "scancel", "srun")
 REQUEUE_DELAY = 5   # seconds (cred_expire); SLURM's default is 120
 STARTUP = {}        # what the fixture measured: {"startup_s": ...} (docs/notes/slurm.md)
 

@@ -211,3 +211,17 @@ def test_multinode_script_runs_two_torchrun_agents_as_one_job(slurm, tiny_store,
     # the same global batches and noise as one process: equal up to float summation order (test_distributed)
     a, b = params(tmp_path / "one"), params(run)
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+
+
+def test_launcher_reports_a_failed_worker_in_one_line_with_its_own_exit_status(tmp_path):
+    """No scheduler needed: a worker that fails with exit 2 (seqvi's bad-input code) makes the launch exit 2
+    with one line naming the rank, instead of torchrun's exit 1 and its traceback."""
+    worker = tmp_path / "worker.py"
+    worker.write_text("import sys; print('bad recipe', file=sys.stderr); sys.exit(2)\n")
+    done = subprocess.run([sys.executable, "-m", "seqvi.engine.launch", "--standalone", "--nproc-per-node=1",
+                           str(worker)], env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "seqvi: worker rank 0 (pid " in done.stderr and ") exit 2" in done.stderr
+    assert done.stderr.strip().endswith("seqvi: failed (exit 2)")
+    assert "Root Cause" not in done.stderr and "Traceback" not in done.stderr
