@@ -67,6 +67,16 @@ def command(fn):
     return app.command(name=fn.__name__.rstrip("_").replace("_", "-"))(wrapper)
 
 
+def _warn(line: str) -> None:
+    """One yellow line on stderr: something the user asked for had a side effect worth knowing."""
+    from rich.markup import escape
+
+    from seqvi.report import err_console
+
+    if os.environ.get("RANK", "0") == "0":   # under torchrun, rank 0 tells
+        err_console.print(f"[bold yellow]warning:[/] {escape(line)}", soft_wrap=True)
+
+
 def _version(value: bool) -> None:
     if value:
         from seqvi import __version__
@@ -182,7 +192,7 @@ def train(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     from seqvi.report import TrainProgress, console, free_energy_figure, progress_bar, train_summary
 
     configure_threads(threads)
-    spec = load_recipe(recipe, overrides or [], check=validate_sections)
+    spec = load_recipe(recipe, overrides or [], check=validate_sections, warn=_warn)
     target = run_dir or Path("runs") / recipe.stem
     with progress_bar() as bar:
         result = run_train(spec, target, device=device, force=force, events=TrainProgress(bar), source=str(recipe),
@@ -231,7 +241,8 @@ def eval_(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run directo
         console.print(f"iterations plot: {plot_iterations(out['curve'], run.run_dir / 'eval' / f'{name}_iterations.png')}")
     console.print(f"{split}: {result.nats_per_step:.4f} nats/step, {result.nats_per_sequence:.2f} nats/sequence "
                   f"({result.num_sequences} sequences, {result.steps} steps)")
-    console.print(f"results: {out['json']}\nplot: {plot}")
+    console.print(f"results: {out['json']} (copied to {out['json'].parent / (split + '.json')}, the latest, "
+                  f"which `seqvi compare` reads)\nplot: {plot}")
 
 
 @command
@@ -459,6 +470,18 @@ def runs(paths: Optional[List[Path]] = typer.Argument(None, help="Run directorie
     if not found:
         raise SeqviError(f"no run directories (folders with a config.yaml) under {', '.join(map(str, paths or ['runs']))}")
     console.print(runs_table([run_status(p) for p in found]))
+
+
+@command
+def models() -> None:
+    """List every registered model, inference procedure and data adapter: where each comes from (seqvi,
+    or an installed package's entry point) and its constructor options. A recipe may also name a class
+    by its import path (model.name: mypkg.storn:STORN)."""
+    from seqvi.engine.setup import catalog
+    from seqvi.report import console, models_table
+
+    for table in models_table(catalog()):
+        console.print(table)
 
 
 def _launch_torchrun(nproc: int, recipe: Path, overrides: list[str], run_dir: Optional[Path], device: str,

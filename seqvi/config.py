@@ -5,7 +5,8 @@ the dataclasses of this module (the one place that lists them, as DreamerV3's
 ``defaults`` block does). A recipe may say ``extends: other.yaml`` to stack on
 another recipe, and ``key.path=value`` overrides from the command line are
 applied last (overriding ``model.name`` or ``inference.name`` with another
-name starts that section afresh). Unknown keys and wrong types fail with the key's path
+name starts that section afresh, and ``load_recipe``'s ``warn`` hears which of the
+recipe's keys it dropped). Unknown keys and wrong types fail with the key's path
 (and a "did you mean" when a known key is close); an error in a key that an
 override set names the override, not the recipe file.
 
@@ -173,11 +174,15 @@ def _near_files(path: Path) -> list[str]:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
-                check: Callable[[Recipe, str], None] | None = None) -> Recipe:
+                check: Callable[[Recipe, str], None] | None = None,
+                warn: Callable[[str], None] | None = None) -> Recipe:
     """Read a recipe (following ``extends``), apply ``a.b=value`` overrides, validate.
 
     ``check(recipe, source)`` validates further (the open sections against the
     registries). An error about a key that an override set names that override.
+    ``warn(line)`` hears what an override did silently: a ``model.name`` /
+    ``inference.name`` override that starts its section afresh drops the recipe's
+    other keys of that section, and the line names them.
     """
     raw = _read_stacked(Path(path), seen=())
     # A new model.name / inference.name starts that section afresh (its old keys
@@ -186,6 +191,11 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     for item in names:
         section, value = item.split(".", 1)[0], yaml.safe_load(item.split("=", 1)[1])
         if not isinstance(raw.get(section), dict) or raw[section].get("name") != value:
+            dropped = [f"{section}.{k}" for k in (raw.get(section) or {}) if k != "name"] \
+                if isinstance(raw.get(section), dict) else []
+            if dropped and warn is not None:
+                warn(f"override '{item.strip()}' starts '{section}' afresh: dropped the recipe's "
+                     f"{', '.join(dropped)} (set them again as overrides to keep them)")
             raw[section] = {}
     for item in names + [o for o in overrides if o not in names]:
         _apply_override(raw, item)

@@ -310,6 +310,28 @@ def runs_table(statuses: list, now: float | None = None) -> Table:
     return table
 
 
+MODEL_KINDS = {"models": ("models", "model.name"), "inference": ("inference procedures (q)", "inference.name"),
+               "adapters": ("data adapters", "a manifest's adapter")}
+
+
+def models_table(rows: list) -> list[Table]:
+    """``seqvi models``: one table per registry (``seqvi.registry.Listing`` rows), options from the signature."""
+    from rich.markup import escape
+
+    tables = []
+    for kind, (title, key) in MODEL_KINDS.items():
+        table = Table(title=f"{title} ({key})", title_justify="left")
+        for name in ("name", "from", "class", "options (default)"):
+            table.add_column(name, overflow="fold")
+        for row in (r for r in rows if r.kind == kind):
+            options = ", ".join(name if default is None else f"{name}={default}" for name, default, _ in row.options)
+            if row.problem:
+                options = f"[red]cannot load: {escape(row.problem)}[/]"
+            table.add_row(row.name, escape(row.origin), escape(row.target), escape(options) if not row.problem else options)
+        tables.append(table)
+    return tables
+
+
 def _mean_sd(stats: tuple | None, n: int, digits: int = 3) -> str:
     if stats is None:
         return ""
@@ -339,7 +361,7 @@ def compare_table(comparison: Any) -> Table:
     """``seqvi compare``: one row per config, seeds pooled (mean ± sd); nats per step, lower is better."""
     header, rows = _compare_cells(comparison)
     table = Table(title=f"{len(comparison.runs)} runs, {len(comparison.rows)} rows — nats per step, lower is "
-                        f"better; mean ± sd over seeds; eval columns from eval/{comparison.split}.json")
+                        f"better; mean ± sd over seeds; eval columns from {comparison.source}")
     for name in header:
         table.add_column(name, justify="left" if name in ("recipe", "model", "q", "differs", "seeds", "notes")
                          else "right", overflow="fold")
@@ -526,7 +548,7 @@ def free_energy_figure(result: Any):
 
 def plot_samples(adapter: str, x: np.ndarray, path: Path, primed: int = 0) -> Path:
     """A PNG of generated sequences, drawn the way their kind of data is looked at."""
-    return SAMPLE_PLOTS[adapter](x, path, primed)
+    return SAMPLE_PLOTS.get(adapter, plot_series)(x, path, primed)   # a plugin's adapter: plain series
 
 
 def plot_piano_rolls(rolls: np.ndarray, path: Path, primed: int = 0, low_pitch: int = 21) -> Path:

@@ -1,26 +1,39 @@
-"""Adding a model is one file: a model defined here, outside seqvi/, registered, trained with its direct
-encoder and with AVF (kernels on), evaluated, and its kernels checked against the reference path.
+"""A model in a researcher's own package, outside seqvi's tree: one model file and one entry point.
 
-README, "Add a model", walks through this file.
+The package is written into a temporary folder (its module and a ``dist-info`` with the entry point,
+as ``pip install`` leaves them) and put on PYTHONPATH; real ``seqvi`` processes find it: ``train``
+(by the entry-point name, and by an import path in a recipe), ``eval``, ``sample`` and ``models``. It
+passes ``seqvi.testing.check_model``. docs/notes/plugins.md walks through it.
 """
 
-from typing import NamedTuple
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import yaml
+
+from seqvi import registry
+from seqvi.models import MODELS
+from seqvi.testing import check_model
+
+from conftest import REPO, tiny_recipe
+
+MODEL_FILE = '''
+"""A small state-space model on a GRU (p only)::
+
+    p(z_t | h_{t-1})       = N(MLP(h_{t-1}))                       prior
+    p(x_t | z_t, h_{t-1})  = Bernoulli / N(MLP([z_t, h_{t-1}]))    emission (MLPEmission: z columns first)
+    h_t                    = GRU(h_{t-1}, [x_t, z_t])              transition
+"""
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
-from seqvi.config import recipe_from_dict
-from seqvi.engine.evaluate import evaluate_run
-from seqvi.engine.run import load_run
-from seqvi.engine.train import train
-from seqvi.inference import INFERENCE
-from seqvi.models import MODELS
 from seqvi.models.base import GaussianHead, MLPEmission, SequentialModel, mlp
-from seqvi.nn import reference
-from seqvi.objectives import filter_sequence, training_loss
-
-from conftest import tiny_recipe
 
 
 class GRUState(NamedTuple):
@@ -28,21 +41,15 @@ class GRUState(NamedTuple):
 
 
 class GRUSSM(SequentialModel):
-    """A small state-space model on a GRU (p only)::
-
-        p(z_t | h_{t-1})       = N(MLP(h_{t-1}))                       prior
-        p(x_t | z_t, h_{t-1})  = Bernoulli / N(MLP([z_t, h_{t-1}]))    emission (MLPEmission: z columns first)
-        h_t                    = GRU(h_{t-1}, [x_t, z_t])              transition
-    """
-
     rowwise = True   # prior and emission are row-wise in (z, state): the stacked pass may batch them over time
+    TEST_CONFIG = dict(x_dim=5, hidden_size=8, z_size=3)   # tiny, for seqvi.testing.check_model
 
     def __init__(self, x_dim: int, likelihood: str = "bernoulli", hidden_size: int = 8, z_size: int = 3):
         super().__init__()
         self.x_dim, self.z_dim, self.feature_size = x_dim, z_size, x_dim + hidden_size
-        self.prior_net = nn.Sequential(mlp([hidden_size, 8]), GaussianHead(8, z_size))       # p(z_t | h_{t-1})
-        self.decoder = MLPEmission(z_size, hidden_size, [8], x_dim, likelihood)             # p(x_t | z_t, h_{t-1})
-        self.cell = nn.GRUCell(x_dim + z_size, hidden_size)                                 # h_t = f(h_{t-1}, x_t, z_t)
+        self.prior_net = nn.Sequential(mlp([hidden_size, 8]), GaussianHead(8, z_size))   # p(z_t | h_{t-1})
+        self.decoder = MLPEmission(z_size, hidden_size, [8], x_dim, likelihood)         # p(x_t | z_t, h_{t-1})
+        self.cell = nn.GRUCell(x_dim + z_size, hidden_size)                             # h_t = f(h_{t-1}, x_t, z_t)
         self.hidden_size = hidden_size
 
     def initial_state(self, batch_size):
@@ -62,47 +69,105 @@ class GRUSSM(SequentialModel):
 
     def features(self, x, state):   # what the direct encoder q(z_t | x_t, h_{t-1}) sees
         return torch.cat([x, state.h], -1)
+'''
 
 
 @pytest.fixture
-def registered(monkeypatch):
-    monkeypatch.setitem(MODELS, "gru_ssm", GRUSSM)
+def plugin(tmp_path):
+    """A folder holding the package ``gru_plugin`` and its dist-info (entry point ``gru_ssm``)."""
+    site = tmp_path / "site"
+    (site / "gru_plugin").mkdir(parents=True)
+    (site / "gru_plugin" / "__init__.py").write_text("")
+    (site / "gru_plugin" / "model.py").write_text(MODEL_FILE)
+    info = site / "gru_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: gru-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[seqvi.models]\ngru_ssm = gru_plugin.model:GRUSSM\n")
+    yield site
+    for name in [m for m in sys.modules if m.split(".")[0] == "gru_plugin"]:   # imported in-process: forget it
+        del sys.modules[name]
 
 
-@pytest.mark.parametrize("inference", [{"name": "direct", "hidden_sizes": [8]},
-                                       {"name": "avf", "iterations": 2, "hidden_size": 16}])
-def test_a_model_defined_outside_seqvi_trains_and_evaluates(registered, tiny_store, tmp_path, inference):
-    raw = tiny_recipe(tiny_store, epochs=2)
-    raw["model"], raw["inference"] = {"name": "gru_ssm", "hidden_size": 8, "z_size": 3}, inference
-    result = train(recipe_from_dict(raw), tmp_path / "run", device="cpu")
-    assert result.epoch == 2 and result.best_valid < float("inf")
-    out = evaluate_run(load_run(tmp_path / "run", "cpu"), "test", bound="all", particles=4)
-    columns = out["payload"]["columns"]
+def seqvi(site: Path, *args, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)]), "SEQVI_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "seqvi", *map(str, args)], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def write_recipe(path: Path, store: Path, model: dict, inference: dict) -> Path:
+    raw = tiny_recipe(store, epochs=2)
+    raw["model"], raw["inference"] = model, inference
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_a_plugin_model_trains_evaluates_and_samples_through_the_cli(plugin, tiny_store, tmp_path):
+    recipe = write_recipe(tmp_path / "gru.yaml", tiny_store, {"name": "gru_ssm", "hidden_size": 8, "z_size": 3},
+                          {"name": "avf", "iterations": 2, "hidden_size": 16})
+    trained = seqvi(plugin, "train", recipe, "--run-dir", tmp_path / "run", "--device", "cpu", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["model"]["name"] == "gru_ssm"
+    evaluated = seqvi(plugin, "eval", "--checkpoint", tmp_path / "run", "--bound", "all", "--particles", "4",
+                      "--device", "cpu", "--json", tmp_path / "eval.json", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    columns = json.loads((tmp_path / "eval.json").read_text())["columns"]
     assert {"-ELBO", "-IWAE(4)", "-FIVO(4)"} <= set(columns)
-    assert columns["-IWAE(4)"]["nats_per_step"] <= columns["-ELBO"]["nats_per_step"] + 0.5
-    assert (out["curve"] is not None) == (inference["name"] == "avf")
+    sampled = seqvi(plugin, "sample", "--checkpoint", tmp_path / "run", "--num", "2", "--length", "6",
+                    "--device", "cpu", cwd=tmp_path)
+    assert sampled.returncode == 0, sampled.stderr
+    assert len(list((tmp_path / "run" / "samples").glob("sample_*.mid"))) == 2
+    # Without the package on the path, the run's model is one line with the way out.
+    env_less = subprocess.run([sys.executable, "-m", "seqvi", "eval", "--checkpoint", str(tmp_path / "run")],
+                              env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                              cwd=tmp_path, timeout=600)
+    assert env_less.returncode == 2 and "Traceback" not in env_less.stderr
+    assert "unknown 'model.name' 'gru_ssm'" in env_less.stderr and "seqvi models" in env_less.stderr
 
 
-@pytest.mark.parametrize("inf_name", ["direct", "avf"])
-def test_its_kernels_agree_with_the_reference_path(inf_name):
-    torch.manual_seed(0)
-    model = GRUSSM(x_dim=5)
-    q = INFERENCE[inf_name](model, **({"iterations": 2, "hidden_size": 16} if inf_name == "avf" else {}))
-    x = torch.bernoulli(torch.full((3, 7, 5), 0.4))
-    mask = torch.ones(3, 7)
-    mask[2, 4:] = 0
-    runs = []
-    for reference_path in (False, True):
-        with reference(reference_path):
-            torch.manual_seed(1)
-            terms = filter_sequence(model, q, x, mask)
-            params = list(model.parameters()) + list(q.parameters())
-            runs.append((terms.free_energy.detach(), torch.autograd.grad(training_loss(terms), params)))
-    torch.testing.assert_close(runs[0][0], runs[1][0], rtol=1e-5, atol=1e-5)
-    for a, b in zip(runs[0][1], runs[1][1]):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    z = torch.randn(3, 3, requires_grad=True)
-    state = model.initial_state(3)
-    recon = -model.emission(z, state).log_prob(x[:, 0]).sum(1)
-    by_hand = model.emission_grad(z.detach(), state, x[:, 0])
-    torch.testing.assert_close(by_hand[1], torch.autograd.grad(recon.sum(), z)[0], rtol=1e-4, atol=1e-6)
+def test_seqvi_models_lists_the_plugin_with_its_package_and_options(plugin, tmp_path):
+    listed = seqvi(plugin, "models", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    line = next(line for line in listed.stdout.splitlines() if "gru_ssm" in line)
+    assert "entry point of gru-plugin 0.1" in line and "gru_plugin.model:GRUSSM" in line
+    assert "hidden_size=8" in line and "z_size=3" in line and "x_dim" not in line   # the data gives x_dim
+    assert any([cell.strip() for cell in line.split("│")[1:3]] == ["vrnn", "seqvi"]
+               for line in listed.stdout.splitlines())
+
+
+def test_an_import_path_in_a_recipe_names_the_class_without_an_entry_point(plugin, tiny_store, tmp_path):
+    (plugin / "gru_plugin-0.1.dist-info" / "entry_points.txt").unlink()   # only the module is left
+    recipe = write_recipe(tmp_path / "gru.yaml", tiny_store, {"name": "gru_plugin.model:GRUSSM", "z_size": 2},
+                          {"name": "direct", "hidden_sizes": [8]})
+    trained = seqvi(plugin, "train", recipe, "--run-dir", tmp_path / "run", "--device", "cpu", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    assert "epoch 2" in trained.stdout or (tmp_path / "run" / "checkpoints" / "best.pt").exists()
+    bad = seqvi(plugin, "train", recipe, "model.name=gru_plugin.modle:GRUSSM", "--run-dir", tmp_path / "r2",
+                cwd=tmp_path)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "gru_plugin.modle:GRUSSM" in errors[0] and "cannot import it" in errors[0]
+    # The override replaced the model section: a warning line names the recipe key it dropped.
+    assert any(line.startswith("warning:") and "dropped the recipe's model.z_size" in line
+               for line in bad.stderr.splitlines())
+
+
+def test_the_plugin_passes_the_conformance_check(plugin, monkeypatch):
+    monkeypatch.syspath_prepend(str(plugin))
+    cls = registry.resolve("models", "gru_ssm", MODELS, "model.name")
+    assert cls.__module__ == "gru_plugin.model"
+    assert registry.entries("models", MODELS)["gru_ssm"].origin == "entry point of gru-plugin 0.1"
+    check_model(cls)
+
+
+def test_a_name_that_resolves_to_nothing_is_one_line_with_a_did_you_mean(plugin, monkeypatch):
+    from seqvi.errors import RecipeError
+
+    monkeypatch.syspath_prepend(str(plugin))
+    with pytest.raises(RecipeError, match=r"unknown 'model.name' 'gru_sm'; did you mean 'gru_ssm'\?"):
+        registry.resolve("models", "gru_sm", MODELS, "model.name")
+    with pytest.raises(RecipeError, match="no such attribute"):
+        registry.resolve("models", "gru_plugin.model:GRU", MODELS, "model.name")
+    (plugin / "gru_plugin" / "broken.py").write_text("raise RuntimeError('the plugin is broken')\n")
+    with pytest.raises(RecipeError, match="importing it failed .RuntimeError: the plugin is broken"):
+        registry.resolve("models", "gru_plugin.broken:X", MODELS, "model.name")

@@ -6,7 +6,8 @@
 * each kernel against its reference: Linear/Fused, the LSTM step, the Elman RNN, the highway
   network (forward, replay from kept activations, backward by hand), the MLP input gradient;
 * AVF's gradient input (by hand) against autograd; the emission's z-gradient against autograd
-  for every registered model;
+  for every registered model that declares it (whether a declared hook is real, and every model's
+  own check: tests/test_conformance.py, through seqvi.testing);
 * the switch itself: SEQVI_REFERENCE=1 and ``reference()``;
 * bucketed batch orders and whole-batch noise shards (no change of numbers).
 """
@@ -24,16 +25,23 @@ from seqvi.data.batches import epoch_order
 from seqvi.errors import RecipeError
 from seqvi.free_energy import free_energy_at, free_energy_gradient, noise_shard, reparameterize
 from seqvi.inference import INFERENCE
-from seqvi.models import MODELS
 from seqvi.nn import reference, reference_forced
 from seqvi.objectives import filter_sequence, particle_bound, training_loss
+from seqvi.testing import build_model, registered_models
 
 B, T, D = 4, 9, 6
-SMALL = {
-    "vrnn": dict(hidden_size=8, z_size=3, feature_size=8),
-    "srnn": dict(hidden_size=8, z_size=3, dense_size=6, decoder_layers=2),
-    "dmm": dict(z_size=3, emission_size=6, transition_size=6),
-}
+MODELS = registered_models()   # seqvi's and any installed plugin's
+
+
+def small(name, **extra):
+    """The registry entry's own tiny configuration (TEST_CONFIG), on this file's D-dimensional data."""
+    return build_model(MODELS[name], x_dim=D, **extra)
+
+
+# Every model with a fast hook (stacked rows or the emission's gradient by hand) whose frames are vectors.
+FAST = sorted(n for n, c in MODELS.items()
+              if (c.rowwise or c.has("emission_grad")) and len(c.TEST_CONFIG.get("frame_shape", (D,))) == 1)
+EMISSION_GRAD = sorted(n for n in FAST if MODELS[n].has("emission_grad"))
 INF = {"direct": ("direct", dict(hidden_sizes=[6])),
        "avf1": ("avf", dict(hidden_size=16, iterations=1)),
        "avf3": ("avf", dict(hidden_size=16, iterations=3)),
@@ -44,7 +52,7 @@ INF = {"direct": ("direct", dict(hidden_sizes=[6])),
 
 def build(model_name, inf_key, seed=0):
     torch.manual_seed(seed)
-    model = MODELS[model_name](x_dim=D, likelihood="bernoulli", **SMALL[model_name])
+    model = small(model_name, likelihood="bernoulli")
     name, kwargs = INF[inf_key]
     try:
         return model, INFERENCE[name](model, **kwargs)
@@ -71,7 +79,7 @@ def run(model, inference, x, mask, reference_path, seed=5):
     return terms, [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
 
-@pytest.mark.parametrize("model_name", sorted(SMALL))
+@pytest.mark.parametrize("model_name", FAST)
 @pytest.mark.parametrize("inf_key", sorted(INF))
 def test_kernels_equal_the_reference_path(model_name, inf_key):
     model, inference = build(model_name, inf_key)
@@ -160,7 +168,7 @@ def test_avf_aux_alone_and_twice(reference_path):
 @pytest.mark.parametrize("cell", ["relu", "tanh", "gru"])
 def test_combiner_precomputed_rnn_equals_its_cell(cell):
     torch.manual_seed(0)
-    model = MODELS["dmm"](x_dim=D, **SMALL["dmm"])
+    model = small("dmm")
     combiner = INFERENCE["combiner"](model, rnn_size=6, cell=cell)
     x, _ = data()
     for reference_path in (False, True):
@@ -177,7 +185,7 @@ def test_combiner_precomputed_rnn_equals_its_cell(cell):
     torch.testing.assert_close(post.q_state.h, combiner.rnn(x[:, 0], combiner.h_0.expand(B, -1)))
 
 
-@pytest.mark.parametrize("model_name", sorted(SMALL))
+@pytest.mark.parametrize("model_name", FAST)
 @pytest.mark.parametrize("samples", [1, 3])
 def test_avf_gradient_input_equals_autograd(model_name, samples):
     """free_energy_gradient (the emission's z-gradient by hand, the KL and the sampling by hand) gives
@@ -203,7 +211,7 @@ def test_avf_gradient_input_equals_autograd(model_name, samples):
 
 def test_srnn_cell_step_equals_its_lstm():
     torch.manual_seed(0)
-    model = MODELS["srnn"](x_dim=D, **SMALL["srnn"])
+    model = small("srnn")
     x, _ = data()
     d, c = torch.randn(B, 8), torch.randn(B, 8)
     _, (d_ref, c_ref) = model.rnn(x[:, :1], (d.unsqueeze(0), c.unsqueeze(0)))
@@ -257,7 +265,7 @@ def test_whole_batch_noise_shard_draws_like_plain_randn():
     assert torch.equal(half, plain[[1, 3, 5]])
 
 
-EMISSION_CASES = ([(m, lik, "relu") for m in sorted(SMALL) for lik in ("bernoulli", "gaussian")]
+EMISSION_CASES = ([(m, lik, "relu") for m in EMISSION_GRAD for lik in ("bernoulli", "gaussian")]
                   + [("srnn", lik, act) for act in ("clipped_leaky_relu", "tanh", "elu") for lik in ("bernoulli", "gaussian")])
 
 
@@ -268,7 +276,7 @@ def test_emission_gradient_by_hand_equals_autograd(model_name, likelihood, activ
     turns it off."""
     torch.manual_seed(0)
     extra = {"activation": activation} if model_name == "srnn" else {}
-    model = MODELS[model_name](x_dim=D, likelihood=likelihood, **SMALL[model_name], **extra)
+    model = small(model_name, likelihood=likelihood, **extra)
     x, _ = data()
     x_t = x[:, 0] if likelihood == "bernoulli" else torch.randn(B, D) * 2
     state = model.initial_state(B)
@@ -284,18 +292,10 @@ def test_emission_gradient_by_hand_equals_autograd(model_name, likelihood, activ
         assert model.emission_grad(z.detach(), state, x_t) is None
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_every_model_declares_its_emission_gradient(name):
-    """A registered model either differentiates its emission by hand (tested above for each one that
-    does) or says so by not providing the hook; ``has`` reports it."""
-    expected = {"vrnn", "srnn", "dmm"}
-    assert MODELS[name].has("emission_grad") == (name in expected)
-
-
 def test_emission_gradient_by_hand_declines_unknown_layers():
     """An activation seqvi.nn.mlp_grad cannot differentiate makes the model fall back to autograd."""
     torch.manual_seed(0)
-    model = MODELS["dmm"](x_dim=D, **SMALL["dmm"])
+    model = small("dmm")
     model.emitter[0].append(torch.nn.Softsign())
     z = torch.randn(B, model.z_dim)
     assert model.emission_grad(z, model.initial_state(B), torch.zeros(B, D)) is None
@@ -390,7 +390,7 @@ def test_dmm_transition_without_graph_equals_with_graph():
     """The DMM's transition with its fused first layers (graph-free) gives the recorded one's prior,
     also after its weights change."""
     torch.manual_seed(0)
-    model = MODELS["dmm"](x_dim=D, **SMALL["dmm"])
+    model = small("dmm")
     z = torch.randn(B, model.z_dim) * 2
     for _ in range(2):
         ref = model.transition(z)

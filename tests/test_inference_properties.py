@@ -18,10 +18,12 @@ from torch.distributions import Normal
 from seqvi.free_energy import gaussian_kl, step_free_energy
 from seqvi.inference.iterative import AVF
 from seqvi.inference.refine import refine
-from seqvi.models import MODELS
 from seqvi.objectives import particle_bound
+from seqvi.testing import build_model, registered_models, tiny_data
 
 from test_kalman import OneStepPosterior, diagonal_lgssm, sample_x
+
+MODELS = registered_models()   # seqvi's and any installed plugin's
 
 
 def closed_form_free_energy(model, q: Normal, p_z: Normal, x):
@@ -66,29 +68,13 @@ def test_refinement_reaches_exact_log_likelihood_of_static_vae():
     assert torch.all(after < before)
 
 
-def _small(name):
-    import inspect
-    cls = MODELS[name]
-    accepted = inspect.signature(cls.__init__).parameters
-    if name == "svg":
-        return cls(x_dim=64 * 64, likelihood="gaussian", frame_shape=(1, 64, 64), **{
-            k: v for k, v in {"g_dim": 8, "z_size": 3, "rnn_size": 8, "backbone": "dcgan",
-                              "channels": 4, "norm": "none", "skip_frames": 1}.items() if k in accepted}), (1, 64, 64)
-    likelihood = "gaussian" if accepted["likelihood"].default == "gaussian" else "bernoulli"
-    kwargs = {k: v for k, v in {"hidden_size": 16, "z_size": 3, "feature_size": 8, "dense_size": 16,
-                                "emission_size": 16, "transition_size": 16}.items() if k in accepted}
-    return cls(x_dim=6, likelihood=likelihood, **kwargs), (6,)
-
-
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_trained_avf_improves_on_its_prior_initialization(name):
     """Model and AVF trained together on data whose z matters (four prototypes):
     the final iterate's free energy is below the prior's, under common noise."""
     torch.manual_seed(0)
-    try:
-        model, shape = _small(name)
-    except TypeError as err:
-        pytest.skip(f"{name}: small construction not supported ({err})")
+    model = build_model(MODELS[name])   # its own TEST_CONFIG
+    shape = tiny_data(model)[0].shape[2:]
     avf = AVF(model, iterations=2, hidden_size=32)
     g = torch.Generator().manual_seed(1)
     protos = torch.rand((4, *shape), generator=g)
@@ -103,7 +89,7 @@ def test_trained_avf_improves_on_its_prior_initialization(name):
         terms = step_free_energy(model, q_z, model.prior(state), x, state)
         return terms.recon + terms.kl
 
-    for i in range(150 if name == "svg" else 300):   # DMM only starts to use z after ~200 steps
+    for i in range(150 if len(shape) == 3 else 300):   # frames: fewer steps; DMM only starts to use z after ~200 steps
         state = model.initial_state(32)   # rebuilt each step: it may hold learned parameters (DMM's z_0)
         p_z = model.prior(state)
         q = avf.posterior(model, x, state, p_z)

@@ -5,64 +5,36 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from seqvi.errors import RecipeError
-from seqvi.free_energy import gaussian_kl, log_likelihood
-from seqvi.inference import INFERENCE
-from seqvi.models import MODELS
+from seqvi.free_energy import gaussian_kl
 from seqvi.objectives import filter_sequence, kl_weight, training_loss
+from seqvi.testing import build_model, registered_inference, registered_models, tiny_data
 
-B, T, D = 3, 5, 7
+MODELS, INFERENCE = registered_models(), registered_inference()
+
+B, T, D = 3, 5, 6   # D: the tiny VRNN's x_dim (its TEST_CONFIG)
 
 
 def small(name):
-    cls = MODELS[name]
-    kwargs = {"x_dim": D, "likelihood": "bernoulli", "frame_shape": (D,)}
-    import inspect
-    accepted = inspect.signature(cls.__init__).parameters
-    kwargs = {k: v for k, v in kwargs.items() if k in accepted}
-    if "likelihood" in accepted and accepted["likelihood"].default == "gaussian":
-        kwargs["likelihood"] = "gaussian"   # e.g. the LGSSM, which refuses binary data
-    for key, value in {"hidden_size": 8, "z_size": 2, "feature_size": 6}.items():
-        if key in accepted:
-            kwargs[key] = value
-    return cls(**kwargs)
+    """The registry entry's own tiny configuration (TEST_CONFIG)."""
+    return build_model(MODELS[name])
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_model_contract(name):
-    if MODELS[name].__name__ == "SVG":
-        pytest.skip("SVG has frame-shaped inputs; tested in test_svg.py")
-    torch.manual_seed(0)
-    model = small(name)
-    state = model.initial_state(B)
-    p_z = model.prior(state)
-    assert isinstance(p_z, Normal) and p_z.loc.shape == (B, model.z_dim)
-    z = p_z.rsample()
-    p_x = model.emission(z, state)
-    x = torch.bernoulli(torch.full((B, D), 0.3))
-    assert log_likelihood(p_x, x).shape == (B,)
-    assert model.features(x, state).shape == (B, model.feature_size)
-    new = model.advance(state, x, z)
-    assert type(new) is type(state)
-    assert all(a.shape == b.shape for a, b in zip(new, state))
+# The contract itself, for every registered model: tests/test_conformance.py (seqvi.testing.check_model).
 
 
-@pytest.mark.parametrize("model_name", sorted(n for n in MODELS if MODELS[n].__name__ != "SVG"))
+@pytest.mark.parametrize("model_name", sorted(MODELS))
 @pytest.mark.parametrize("inf_name", sorted(INFERENCE))
 def test_every_inference_trains_every_model(model_name, inf_name):
-    if INFERENCE[inf_name].__name__ == "SVGPosterior":
-        pytest.skip("SVG-specific posterior")
     torch.manual_seed(0)
     model = small(model_name)
     try:
-        inference = INFERENCE[inf_name](model)
+        inference = INFERENCE[inf_name](model, **INFERENCE[inf_name].TEST_CONFIG)
     except RecipeError as err:   # e.g. SRNN's smoothing q on another model; refusals tested in test_srnn_dmm.py
         pytest.skip(str(err))
-    x = torch.bernoulli(torch.full((B, T, D), 0.3))
-    mask = torch.ones(B, T)
-    mask[0, 3:] = 0
+    x, mask = tiny_data(model)   # sequence 1 ends after 3 steps
     terms = filter_sequence(model, inference, x, mask)
-    assert terms.recon.shape == (B, T) and terms.kl.shape == (B, T)
-    assert torch.all(terms.recon[0, 3:] == 0) and torch.all(terms.kl >= 0)
+    assert terms.recon.shape == mask.shape and terms.kl.shape == mask.shape
+    assert torch.all(terms.recon[1, 3:] == 0) and torch.all(terms.kl >= 0)
     loss = training_loss(terms)
     loss.backward()
     grads = [p.grad for p in list(model.parameters()) + list(inference.parameters())]

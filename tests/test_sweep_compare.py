@@ -249,6 +249,23 @@ def test_compare_flags_posterior_collapse_and_missing_evals(swept, tmp_path):
     assert "posterior collapse: z unused" in result.output
 
 
+def test_compare_says_which_eval_file_and_checkpoints_it_read(swept, tmp_path):
+    """eval writes eval/test-<checkpoint>.json and copies the latest to eval/test.json; compare reads the
+    copy and its caption says so, with the checkpoints the copies come from."""
+    folder, _ = swept
+    copy = tmp_path / "sweep"
+    shutil.copytree(folder, copy)
+    evaluated = run("eval", "--checkpoint", copy / POINTS[0] / "checkpoints" / "last.pt", "--device", "cpu")
+    assert evaluated.exit_code == 0, evaluated.output
+    said = " ".join(evaluated.output.split())
+    assert "test-last.json (copied to" in said and "eval/test.json, the latest, which `seqvi compare` reads" in said
+    result = run("compare", copy, "--plot", tmp_path / "c.png")
+    assert result.exit_code == 0, result.output
+    caption = " ".join(result.output.split())
+    assert "eval columns from eval/test.json, each run's latest `seqvi eval` (best.pt: 5 runs, last.pt: 1 run)" \
+        in caption
+
+
 def test_compare_of_nothing_is_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     result = run("compare", tmp_path / "empty")

@@ -1,7 +1,8 @@
 """``download`` and ``preprocess``: the two data commands, as library functions.
 
 Downloaders and adapters are found through the registries by the manifest's
-``download`` and ``adapter`` fields; nothing branches on a data set's name.
+``download`` and ``adapter`` fields (an adapter may also come from an installed
+package's ``seqvi.adapters`` entry point or an import path: ``seqvi.registry``); nothing branches on a data set's name.
 An option that only some of them take (``--pixels``: render frames of
 interaction data) is passed to those whose signature has it and refused,
 in one line, for the others.
@@ -21,6 +22,7 @@ from seqvi.data.manifest import load_manifest, manifest_dir, raw_dir, store_path
 from seqvi.data.polyphonic import preprocess_midi
 from seqvi.data.synthetic import download_synthetic, preprocess_synthetic
 from seqvi.data.timit import preprocess_timit
+from seqvi import registry
 from seqvi.errors import DataError, RecipeError, SeqviError
 
 Progress = Callable[[str, int, int | None], None]
@@ -44,6 +46,8 @@ DOWNLOADERS = {"http": _download_http, "music21": _download_music21, "manual": _
                "synthetic": download_synthetic, "gymnasium": download_control}
 ADAPTERS = {"midi": preprocess_midi, "timit": preprocess_timit, "kth": preprocess_kth, "synthetic": preprocess_synthetic,
             "control": preprocess_control}
+# What ``preprocess`` passes every adapter: adapter(manifest, source, out_path, *, strict, max_steps, progress).
+ADAPTER_ARGS = ("manifest", "source", "out_path", "strict", "max_steps", "progress")
 
 
 def _checked(name: str, kind: str, value: str, known: dict) -> str:
@@ -114,8 +118,7 @@ def preprocess(name: str, root: str | None = None, source: str | Path | None = N
                strict: bool = False, max_steps: int = 100_000, progress: Progress | None = None,
                pixels: bool = False):
     manifest = load_manifest(name)
-    _checked(name, "adapter", manifest.adapter, ADAPTERS)
-    fn = ADAPTERS[manifest.adapter]
+    fn = registry.resolve("adapters", manifest.adapter, ADAPTERS, "adapter", f"{manifest_dir() / name}.yaml")
     options = _options(fn, name, f"adapter '{manifest.adapter}'", pixels=pixels)
     src = Path(source).expanduser() if source else find_source(name, root)
     if not src.exists():

@@ -77,7 +77,7 @@ def sample_run(run: Any, *, num: int = 4, length: int = 128, prime: int = 0, out
                seed: int = 0, mean: bool | None = None, picture: Picture | None = None) -> SampleResult:
     """Sample ``num`` sequences from a loaded run and write them (and ``picture``'s PNG) to ``out``."""
     from seqvi.data.batches import pad
-    from seqvi.data.samples import SAMPLE_MEAN, SAMPLE_WRITERS
+    from seqvi.data.samples import SAMPLE_MEAN, SAMPLE_WRITERS, write_npz
     from seqvi.engine.runs import write_text_atomic
 
     prime_x, truth = None, None
@@ -97,7 +97,7 @@ def sample_run(run: Any, *, num: int = 4, length: int = 128, prime: int = 0, out
                          use_mean=use_mean).cpu().numpy()
     out_dir = Path(out) if out is not None else run.run_dir / "samples"
     before = _previous_files(out_dir, legacy=out is None)
-    result = SampleResult(out_dir, list(SAMPLE_WRITERS[run.spec.adapter](x, out_dir, run.spec, truth=truth)))
+    result = SampleResult(out_dir, list(SAMPLE_WRITERS.get(run.spec.adapter, write_npz)(x, out_dir, run.spec, truth=truth)))
     if picture is not None:
         result.paths.append(picture(run.spec.adapter, x, out_dir / "samples.png", prime))
     written = {p.name for p in result.paths if Path(p).parent == out_dir}

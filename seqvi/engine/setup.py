@@ -1,6 +1,7 @@
 """Build what a run needs from a recipe: device, threads, store, model, inference.
 
-Names are looked up in the registries; nothing here branches on a model or a
+Names are looked up in the registries (``seqvi.registry``: seqvi's own, installed
+plugins' entry points, or an import path); nothing here branches on a model or a
 data set. The data supplies the model's ``x_dim`` and ``likelihood`` (from the
 store's attributes), the recipe every other constructor argument.
 """
@@ -12,13 +13,14 @@ import os
 from dataclasses import dataclass
 import torch
 
-from seqvi.config import Recipe, check_kwargs, did_you_mean
+from seqvi.config import Recipe, check_kwargs
 from seqvi.data.manifest import store_path
 from seqvi.data.store import Store
 from seqvi.errors import DataError, RecipeError, SeqviError
-from seqvi.inference import INFERENCE
+from seqvi.inference import INFERENCE, Inference
 from seqvi.models import DATA_ARGS, MODELS
-from seqvi.models.base import LIKELIHOODS
+from seqvi.models.base import LIKELIHOODS, SequentialModel
+from seqvi import registry
 
 DEFAULT_THREADS = 1  # measured: see README "Threads" and bench/run.py
 
@@ -76,28 +78,28 @@ def validate_sections(recipe: Recipe, source: str = "<recipe>") -> None:
     build_kwargs(recipe, source)
 
 
+def _check_class(obj, base: type, key: str, source: str) -> None:
+    if not (inspect.isclass(obj) and issubclass(obj, base)):
+        text = (f"'{key}' names {registry.describe(obj)}, which is not a subclass of "
+                f"{base.__module__}.{base.__qualname__}")
+        raise RecipeError(f"{source}: {text}", key=key, detail=text)
+
+
 def build_kwargs(recipe: Recipe, source: str = "<recipe>") -> tuple[type, dict, type, dict]:
     model_kwargs = dict(recipe.model)
-    model_name = model_kwargs.pop("name")
-    if model_name not in MODELS:
-        text = f"unknown 'model.name' {model_name!r}{did_you_mean(model_name, MODELS)} (known: {', '.join(MODELS)})"
-        raise RecipeError(f"{source}: {text}", key="model.name", detail=text)
-    model_cls = MODELS[model_name]
+    model_cls = registry.resolve("models", model_kwargs.pop("name"), MODELS, "model.name", source)
+    _check_class(model_cls, SequentialModel, "model.name", source)
     model_kwargs = check_kwargs(model_cls.__init__, model_kwargs, "model", source, skip=("self",) + DATA_ARGS)
     inf_kwargs = dict(recipe.inference)
-    inf_name = inf_kwargs.pop("name")
-    if inf_name not in INFERENCE:
-        text = (f"unknown 'inference.name' {inf_name!r}{did_you_mean(inf_name, INFERENCE)} "
-                f"(known: {', '.join(INFERENCE)})")
-        raise RecipeError(f"{source}: {text}", key="inference.name", detail=text)
-    inf_cls = INFERENCE[inf_name]
+    inf_cls = registry.resolve("inference", inf_kwargs.pop("name"), INFERENCE, "inference.name", source)
+    _check_class(inf_cls, Inference, "inference.name", source)
     inf_kwargs = check_kwargs(inf_cls.__init__, inf_kwargs, "inference", source, skip=("self", "model"))
     return model_cls, model_kwargs, inf_cls, inf_kwargs
 
 
 def build(recipe: Recipe, spec: DataSpec, device: torch.device, source: str = "<recipe>"):
     """(model, inference) on ``device``, initialized from ``recipe.seed``; ``source`` names the recipe in errors."""
-    model_cls, model_kwargs, inf_cls, inf_kwargs = build_kwargs(recipe)
+    model_cls, model_kwargs, inf_cls, inf_kwargs = build_kwargs(recipe, source)
     torch.manual_seed(recipe.seed)
     accepted = inspect.signature(model_cls.__init__).parameters
     data_kwargs = {k: getattr(spec, k) for k in DATA_ARGS if k in accepted}
@@ -112,3 +114,12 @@ def build(recipe: Recipe, spec: DataSpec, device: torch.device, source: str = "<
                 f"(got bound {recipe.objective.bound!r}, model {type(model).__name__})")
         raise RecipeError(f"{source}: {text}", key="objective.overshooting", detail=text)
     return model.to(device), inference.to(device)
+
+
+def catalog() -> list:
+    """Every registered model, inference and data adapter (``seqvi models``): ``registry.Listing`` rows."""
+    from seqvi.data.prepare import ADAPTERS, ADAPTER_ARGS
+
+    return (registry.listing("models", MODELS, skip=("self",) + DATA_ARGS)
+            + registry.listing("inference", INFERENCE, skip=("self", "model"))
+            + registry.listing("adapters", ADAPTERS, skip=ADAPTER_ARGS))

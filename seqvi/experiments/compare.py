@@ -4,7 +4,8 @@ For each run directory (given, or found below a folder such as a sweep's):
 its recipe, model, q, seed, epochs trained and best validation free energy
 (``metrics.jsonl``), training wall time (``history.jsonl``'s start..stop
 segments, so time between a preemption and the requeue does not count), and,
-where ``seqvi eval`` wrote ``eval/<split>.json``, the free energy F, every
+where ``seqvi eval`` wrote ``eval/<split>.json`` (the copy of its latest
+``eval/<split>-<checkpoint>.json``; the table's caption says of which checkpoints), the free energy F, every
 bound column there (-ELBO, -IWAE(K), -FIVO(K), gap, ...) and the KL per step.
 
 Runs whose resolved configs differ only in ``seed`` (and in
@@ -39,6 +40,7 @@ class RunSummary:
     split: str
     values: dict = field(default_factory=dict)     # column -> float (F, bounds, KL, best valid, minutes)
     eval_problem: str = ""
+    eval_checkpoint: str = ""                      # whose numbers eval/<split>.json holds: "best", "last", ...
 
     @property
     def run_dir(self) -> Path:
@@ -104,6 +106,19 @@ class Comparison:
     runs: list                                      # every RunSummary, in row order
 
     @property
+    def source(self) -> str:
+        """Which file the eval columns come from, and of which checkpoints: ``eval/test.json (best.pt: 3 runs)``.
+
+        ``seqvi eval`` writes ``eval/<split>-<checkpoint>.json`` and copies the latest to
+        ``eval/<split>.json``; compare reads the copy."""
+        counts: dict = {}
+        for run in self.runs:
+            if run.eval_checkpoint:
+                counts[run.eval_checkpoint] = counts.get(run.eval_checkpoint, 0) + 1
+        which = ", ".join(f"{name}.pt: {n} run{'s' if n > 1 else ''}" for name, n in sorted(counts.items()))
+        return f"eval/{self.split}.json, each run's latest `seqvi eval`" + (f" ({which})" if which else " (none yet)")
+
+    @property
     def default_plot(self) -> Path:
         """``compare.png`` in the folder that holds all the runs (a sweep's folder)."""
         parents = [r.run_dir.resolve().parent for r in self.runs]
@@ -145,6 +160,7 @@ def summarize(run_dir: Path, split: str) -> RunSummary:
     if path.exists():
         try:
             report = json.loads(path.read_text(encoding="utf-8"))
+            summary.eval_checkpoint = str(report.get("checkpoint_name") or Path(report.get("checkpoint", "?")).stem)
             summary.values["F"] = float(report["nats_per_step"])
             summary.values["KL"] = float(report["kl_per_step"])
             for name, column in (report.get("columns") or {}).items():

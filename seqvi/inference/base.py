@@ -60,6 +60,10 @@ class Inference(nn.Module):
     #: posterior() differentiates through p_z; False lets the stacked pass compute it without a graph
     prior_graph = True
     eval_iterations: Optional[int] = None
+    #: A tiny configuration for the conformance check (``seqvi.testing.check_inference``): constructor
+    #: keywords after ``model``; and the registered model it is checked on.
+    TEST_CONFIG: dict = {}
+    TEST_MODEL: str = "vrnn"
 
     def initial_state(self, batch_size: int, x: Optional[Tensor] = None, mask: Optional[Tensor] = None,
                       kl_weight: float = 1.0) -> Any:

@@ -69,6 +69,10 @@ CELLS = {
 
 
 class Combiner(Inference):
+    #: a tiny configuration, for the conformance check (seqvi.testing)
+    TEST_CONFIG = dict(rnn_size=6)
+    TEST_MODEL = "dmm"   # the registered model seqvi.testing checks it on
+
     reads_prior = False
 
     def __init__(self, model: Any, rnn_size: int = 600, cell: str = "relu"):

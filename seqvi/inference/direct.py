@@ -20,6 +20,9 @@ from seqvi.models.base import GaussianHead, mlp
 
 
 class DirectFilter(Inference):
+    #: a tiny configuration, for the conformance check (seqvi.testing)
+    TEST_CONFIG = dict(hidden_sizes=[6])
+
     reads_prior = False
 
     def __init__(self, model: Any, hidden_sizes: Optional[list[int]] = None):

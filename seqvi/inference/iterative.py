@@ -135,6 +135,8 @@ class AVF(Inference):
     * ``anneal``: the free energy AVF reads (its gradient input, and its earlier iterates' loss) uses the
       objective's KL weight beta, as the objective does (default: beta = 1 for q, as before).
     """
+    #: a tiny configuration, for the conformance check (seqvi.testing)
+    TEST_CONFIG = dict(iterations=2, hidden_size=16)
 
     iterative = True
     prior_graph = False   # lambda^0 is the detached prior (or the encoder's, which does not read it)

@@ -39,6 +39,10 @@ from seqvi.models.base import GaussianHead, mlp
 
 
 class Smoothing(Inference):
+    #: a tiny configuration, for the conformance check (seqvi.testing)
+    TEST_CONFIG = dict(hidden_size=8, dense_size=6)
+    TEST_MODEL = "srnn"   # the registered model seqvi.testing checks it on
+
     def __init__(self, model: Any, hidden_size: Optional[int] = None, dense_size: int = 500, layers: int = 1,
                  residual: bool = True):
         super().__init__()

@@ -28,6 +28,10 @@ class PosteriorState(NamedTuple):
 
 
 class SVGPosterior(Inference):
+    #: a tiny configuration, for the conformance check (seqvi.testing)
+    TEST_CONFIG = dict(rnn_size=8)
+    TEST_MODEL = "svg"   # the registered model seqvi.testing checks it on
+
     def __init__(self, model: Any, rnn_size: int = 256, layers: int = 1):
         super().__init__()
         self.rnn = LSTMStack(model.feature_size, rnn_size, layers)

@@ -61,6 +61,9 @@ class SequentialModel(nn.Module):
     #: ``advance`` reads x_t. False (the RSSM) lets imagination (planning) roll the model forward with
     #: x = None instead of decoding an observation at every step.
     advance_needs_x: bool = True
+    #: A tiny configuration for the conformance check (``seqvi.testing.check_model``): constructor
+    #: keywords, the data's too (``x_dim``, ``likelihood``, ``frame_shape``). {}: x_dim=6 and the defaults.
+    TEST_CONFIG: dict = {}
 
     # ------------------------------------------------------------------ the contract
 

@@ -68,6 +68,9 @@ class GatedTransition(nn.Module):
 
 
 class DMM(SequentialModel):
+    #: a tiny configuration, for the conformance check (seqvi.testing)
+    TEST_CONFIG = dict(x_dim=6, likelihood="bernoulli", z_size=3, emission_size=6, transition_size=6)
+
     rowwise = True
     markov_in_z = True
 

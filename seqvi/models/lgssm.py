@@ -48,6 +48,9 @@ class LGSSMState(NamedTuple):
 
 
 class LGSSM(SequentialModel):
+    #: a tiny configuration, for the conformance check (seqvi.testing)
+    TEST_CONFIG = dict(x_dim=3, likelihood="gaussian", z_size=2)
+
     def __init__(self, x_dim: int, likelihood: str = "gaussian", z_size: int = 2, system: str = "learned"):
         super().__init__()
         if likelihood != "gaussian":

@@ -92,6 +92,9 @@ class ScaledGaussian(nn.Module):
 
 
 class RSSM(SequentialModel):
+    #: a tiny configuration, for the conformance check (seqvi.testing)
+    TEST_CONFIG = dict(x_dim=6, likelihood="gaussian", deter_size=8, z_size=3, hidden_size=8, embed_size=8)
+
     rowwise = True                # prior and emission are row-wise (no batch norm unless norm="batch")
     advance_needs_x = False
 

@@ -69,6 +69,9 @@ class SRNNState(NamedTuple):
 
 
 class SRNN(SequentialModel):
+    #: a tiny configuration, for the conformance check (seqvi.testing)
+    TEST_CONFIG = dict(x_dim=6, likelihood="bernoulli", hidden_size=8, z_size=3, dense_size=6, decoder_layers=2)
+
     rowwise = True
 
     def __init__(self, x_dim: int, likelihood: str = "bernoulli", hidden_size: int = 300, z_size: int = 100,

@@ -85,6 +85,10 @@ class LSTMStack(nn.Module):
 
 
 class SVG(SequentialModel):
+    #: a tiny configuration, for the conformance check (seqvi.testing)
+    TEST_CONFIG = dict(x_dim=64 * 64, likelihood="gaussian", frame_shape=(1, 64, 64), g_dim=8, z_size=3,
+                       rnn_size=8, backbone="dcgan", channels=4, norm="none", skip_frames=1)
+
     def __init__(self, x_dim: int, likelihood: str = "gaussian", frame_shape: tuple = (1, 64, 64),
                  g_dim: int = 128, z_size: int = 24, rnn_size: int = 256, predictor_layers: int = 2,
                  prior_layers: int = 1, backbone: str = "vgg", channels: int = 64, norm: str = "batch",

@@ -40,6 +40,9 @@ class VRNNState(NamedTuple):
 
 
 class VRNN(SequentialModel):
+    #: a tiny configuration, for the conformance check (seqvi.testing)
+    TEST_CONFIG = dict(x_dim=6, likelihood="bernoulli", hidden_size=8, z_size=3, feature_size=8)
+
     rowwise = True
 
     def __init__(self, x_dim: int, likelihood: str = "bernoulli", hidden_size: int = 256,
