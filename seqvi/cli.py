@@ -497,12 +497,13 @@ def models() -> None:
 
 def _launch_torchrun(nproc: int, recipe: Path, overrides: list[str], run_dir: Optional[Path], device: str,
                      threads: Optional[int], force: bool) -> int:
-    """Re-run this train command under ``torch.distributed.run`` with ``nproc`` processes."""
+    """Re-run this train command under torchrun (``seqvi.engine.launch``: the workers' exit status, one line
+    per failed worker) with ``nproc`` processes."""
     import subprocess
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise SeqviError("--nproc inside a torchrun job: drop --nproc (torchrun already started the processes)")
-    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+    args = [sys.executable, "-m", "seqvi.engine.launch", "--standalone", f"--nproc-per-node={nproc}",
             "-m", "seqvi"] + (["--debug"] if STATE["debug"] else []) + ["train", str(recipe), *overrides,
             "--run-dir", str(run_dir or Path("runs") / recipe.stem), "--device", device]
     if threads:

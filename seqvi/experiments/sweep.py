@@ -21,12 +21,17 @@ Ctrl-C or a preemption signal stops the whole sweep (after the running
 training checkpoints); rerun it to go on. A run that fails (a non-finite
 loss, an error) is recorded and the sweep goes on with the next.
 
-With ``sbatch``, each run that is not finished, running, queued or preempted
-(SLURM requeues those itself) is submitted as
+With ``sbatch``, each run that is not finished or running is submitted as
 ``sbatch --job-name=seqvi-<recipe>-<point> SCRIPT RECIPE RUN_DIR key=value... seed=k``
 (``scripts/slurm/train.sbatch`` takes exactly that), and the job id is kept
 in ``RUN_DIR/submitted`` until the job's training starts; finished runs are
 still evaluated here. Rerun the sweep once the jobs are done to evaluate them.
+A rerun asks the scheduler (``squeue --me --states=all``) which jobs are alive:
+a run whose job (its recorded id, or a job of the point's name: a requeued
+one) is pending, running, suspended or requeued is left to it and the job's
+state is shown; a submitted or preempted run whose job is gone (cancelled,
+failed, purged) is submitted again. Without ``squeue`` the recorded ids are
+trusted: submitted and preempted runs are left alone.
 """
 
 from __future__ import annotations
@@ -168,6 +173,7 @@ def sweep(recipe: Path, *, seeds: list[int], grid_items: list[str], runs: Path =
     sbatch_exe = _sbatch_program() if sbatch is not None else None
     if sbatch is not None and not Path(sbatch).is_file():
         raise SeqviError(f"--sbatch {sbatch}: no such batch script (e.g. scripts/slurm/train.sbatch)")
+    queue = _queue() if sbatch is not None else None
     result = SweepResult(Path(runs) / recipe.stem)
     record = _read_record(result.folder)
     record.update(recipe=str(recipe), grid={k: v for k, v in grid}, seeds=list(seeds))
@@ -181,10 +187,14 @@ def sweep(recipe: Path, *, seeds: list[int], grid_items: list[str], runs: Path =
         if before in ("finished", "running"):
             outcome.action = "skipped"
         elif sbatch is not None:
-            if before in ("submitted", "preempted"):
-                outcome.action = "skipped"
+            job = _alive(queue, point, recipe)
+            if job or (queue is None and before in ("submitted", "preempted")):
+                outcome.action, outcome.message = "skipped", f"SLURM job {job[0]} {job[1]}" if job else ""
             else:
+                gone = _recorded_job(point) if before == "submitted" else ""
                 outcome.action, outcome.message = "submitted", _submit(sbatch_exe, sbatch, recipe, point)
+                if gone:
+                    outcome.message += f" (job {gone} left the queue before training started)"
         else:
             outcome.action = "resumed" if (point.run_dir / "checkpoints" / "last.pt").exists() else "trained"
             try:
@@ -239,8 +249,59 @@ def _sbatch_program() -> str:
     return program
 
 
+# Job states (squeue %T) of a job that will still run or is running; the others (COMPLETED,
+# CANCELLED, FAILED, TIMEOUT, NODE_FAIL, PREEMPTED, OUT_OF_MEMORY, BOOT_FAIL, DEADLINE) are over.
+ALIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+         "RESIZING", "SIGNALING", "STAGE_OUT", "SPECIAL_EXIT", "RESV_DEL_HOLD"}
+
+
+def _queue() -> dict | None:
+    """{job id: (name, state)} of this user's jobs that SLURM still knows; None without a working ``squeue``."""
+    program = shutil.which("squeue")
+    if program is None:
+        return None
+    try:
+        done = subprocess.run([program, "--me", "--states=all", "--noheader", "--format=%i|%j|%T"],
+                              capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return None      # no controller reachable: trust the recorded job ids, as without squeue
+    jobs = {}
+    for line in done.stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 3:
+            jobs[parts[0]] = (parts[1], parts[2])
+    return jobs
+
+
+def _job_name(recipe: Path, point: Point) -> str:
+    return f"seqvi-{recipe.stem}-{point.name}"[:120]
+
+
+def _recorded_job(point: Point) -> str:
+    try:
+        return str(json.loads((point.run_dir / SUBMITTED).read_text(encoding="utf-8")).get("job", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def _alive(queue: dict | None, point: Point, recipe: Path) -> tuple[str, str] | None:
+    """(job id, state) of the point's live job: the recorded id, else a live job of the point's name."""
+    if queue is None:
+        return None
+    job = _recorded_job(point)
+    if job in queue and queue[job][1] in ALIVE:
+        return job, queue[job][1]
+    name = _job_name(recipe, point)
+    for job, (job_name, state) in queue.items():
+        if job_name == name and state in ALIVE:
+            return job, state
+    return None
+
+
 def _submit(program: str, script: Path, recipe: Path, point: Point) -> str:
-    job_name = f"seqvi-{recipe.stem}-{point.name}"[:120]
+    job_name = _job_name(recipe, point)
     args = [program, f"--job-name={job_name}", str(script), str(recipe), str(point.run_dir), *point.overrides]
     try:
         done = subprocess.run(args, capture_output=True, text=True, timeout=120)
