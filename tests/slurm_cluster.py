@@ -33,7 +33,7 @@ import pytest
 
 PROGRAMS = ("munged", "munge", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scontrol", "scancel", "srun")
 REQUEUE_DELAY = 5   # seconds (cred_expire); SLURM's default is 120
-STARTUP = {}        # what the fixture measured: {"startup_s": ...} (docs/notes/slurm.md)
+STARTUP = {}        # what the fixture measured: {"startup_s": ...} (docs/runs.md, Tested on a real scheduler)
 
 
 class Unavailable(Exception):

@@ -3,7 +3,7 @@
 The package is written into a temporary folder (its module and a ``dist-info`` with the entry point,
 as ``pip install`` leaves them) and put on PYTHONPATH; real ``seqvi`` processes find it: ``train``
 (by the entry-point name, and by an import path in a recipe), ``eval``, ``sample`` and ``models``. It
-passes ``seqvi.testing.check_model``. docs/notes/plugins.md walks through it.
+passes ``seqvi.testing.check_model``. docs/extending.md walks through it.
 """
 
 import json

@@ -26,7 +26,7 @@ from conftest import REPO, tiny_recipe
 from slurm_cluster import STARTUP, slurm  # noqa: F401  (the session fixture)
 
 SCRIPTS = REPO / "scripts" / "slurm"
-TIMES = {}   # test name -> seconds (printed at the end; docs/notes/slurm.md)
+TIMES = {}   # test name -> seconds (printed at the end; docs/runs.md, Tested on a real scheduler)
 
 
 @pytest.fixture(autouse=True)
