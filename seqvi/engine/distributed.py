@@ -94,6 +94,12 @@ def barrier(d: Dist) -> None:
         dist.barrier()
 
 
-def teardown(d: Dist) -> None:
+def teardown(d: Dist, together: bool = False) -> None:
+    """Leave the process group. ``together`` (every rank finished normally): meet at a barrier
+    first, so no rank tears down while rank 0, which hosts the store, is still writing its
+    last checkpoint; a rank that exits early would otherwise lose its peer mid-destroy and
+    abort (SIGABRT in gloo). After a failure there is no barrier: the peers may be gone."""
     if d.active and dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()

@@ -99,11 +99,14 @@ def train(recipe: Recipe, run_dir: str | Path, *, device: str = "auto", force: b
     if recipe.train.tensorboard:
         require_tensorboard()   # before anything starts or is written
     dist = distributed.setup(device)
+    finished = False
     try:
-        return _train(recipe, Path(run_dir), dist, distributed.device_for(dist, device), force,
-                      events if dist.main else None, source, picture)
+        result = _train(recipe, Path(run_dir), dist, distributed.device_for(dist, device), force,
+                        events if dist.main else None, source, picture)
+        finished = True
+        return result
     finally:
-        distributed.teardown(dist)
+        distributed.teardown(dist, together=finished)
 
 
 def _train(recipe: Recipe, run_dir: Path, dist: distributed.Dist, device: str, force: bool,
