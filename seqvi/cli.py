@@ -285,7 +285,7 @@ def predict(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run direc
     from seqvi.engine.run import load_run
     from seqvi.engine.runs import write_text_atomic
     from seqvi.engine.setup import configure_threads
-    from seqvi.report import PREDICT_VIEWS, console, progress_bar
+    from seqvi.report import PREDICT_VIEWS, console, plot_imagined_frames, progress_bar
 
     configure_threads(threads)
     run = load_run(checkpoint, device)
@@ -303,6 +303,9 @@ def predict(checkpoint: Path = typer.Option(..., "--checkpoint", help="Run direc
     write_text_atomic(out, json.dumps(payload, indent=1))
     plot = plot_fn(result, run.run_dir / "eval" / f"predict_{split}.png")
     console.print(f"results: {out}\nplot: {plot}")
+    if getattr(result, "frames", None) is not None:
+        strip = plot_imagined_frames(result, run.run_dir / "eval" / f"predict_{split}_frames.png")
+        console.print(f"real against imagined frames: {strip}")
 
 
 def _cem_config(horizon: int, candidates: int, top_k: int, iterations: int):

@@ -789,4 +789,30 @@ def plot_open_loop(result: Any, path: Path) -> Path:
     return _save(plt, fig, path)
 
 
+def plot_imagined_frames(result: Any, path: Path, max_columns: int = 12) -> Path:
+    """PNG of ``result.frames`` (2, H, C, H', W'): real frames over the imagined ones (open loop, one sample),
+    then |real - imagined| (the channels' mean; white = no error), at evenly spaced predicted steps k."""
+    plt = _pyplot()
+    real, imagined = (np.clip(np.asarray(f, dtype=np.float32), 0, 1) for f in result.frames)
+    steps, channels = real.shape[0], real.shape[1]
+    cols = np.unique(np.linspace(0, steps - 1, min(steps, max_columns)).round().astype(int))
+    rows = [("real", real), ("imagined", imagined),
+            ("|error|", np.repeat(1 - np.abs(real - imagined).mean(1, keepdims=True), channels, 1))]
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(0.9 * len(cols) + 0.8, 0.95 * len(rows) + 0.6),
+                             dpi=100, squeeze=False)
+    for i, (label, frames) in enumerate(rows):
+        for j, t in enumerate(cols):
+            ax, image = axes[i, j], frames[t].transpose(1, 2, 0)
+            ax.imshow(image[..., 0] if channels == 1 else image, cmap="gray" if channels == 1 else None,
+                      vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == len(rows) - 1:
+                ax.set_xlabel(f"k={t + 1}", fontsize=7)
+            if j == 0:
+                ax.set_ylabel(label, fontsize=8)
+    fig.suptitle(f"open loop after {result.context} real frames — {result.split}, sequence 1", fontsize=9)
+    return _save(plt, fig, path)
+
+
 PREDICT_VIEWS = {"video": (predict_table, plot_predict), "control": (open_loop_table, plot_open_loop)}

@@ -264,3 +264,42 @@ def test_open_loop_prediction_with_the_true_dynamics_is_exact(world):
     assert result.obs_rmse.max() < 5e-3 and result.reward_rmse[:5].max() < 5e-3 and result.reward_rmse.max() < 0.05
     assert result.return_error < 0.1 < abs(result.mean_return)
     assert result.last_rmse.min() > 0.05                 # the reference does move away
+
+
+def test_a_tiny_pixel_world_trains_predicts_with_a_frame_strip_and_plans(tmp_path):
+    """Issue 21's smoke path on real rendered Pendulum frames: download --pixels -> train a tiny pixel RSSM ->
+    predict (curves, the 'nothing moves' reference and a real-against-imagined strip) -> plan one episode."""
+    root = tmp_path / "data"
+    assert run("download", "pendulum", "--root", root, "--limit", "2", "--pixels").exit_code == 0
+    assert run("preprocess", "pendulum", "--root", root, "--pixels").exit_code == 0
+    recipe = rssm_recipe(root)
+    recipe["model"].update({"channels": 2, "embed_size": 8, "obs_scale": None, "pixel_scale": 0.1,
+                            "pixel_link": "shifted"})
+    recipe["train"]["epochs"] = 1
+    (tmp_path / "pixels.yaml").write_text(yaml.safe_dump(recipe))
+    result = run("train", tmp_path / "pixels.yaml", "--run-dir", tmp_path / "run", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    result = run("predict", "--checkpoint", tmp_path / "run", "--context", "3", "--horizon", "6", "--samples", "2")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "run" / "eval" / "predict_test.json").read_text())
+    assert saved["kind"] == "control" and len(saved["obs_rmse"]) == len(saved["last_rmse"]) == 6
+    assert min(saved["last_rmse"]) > 0                                    # the rod moves after the context
+    strip = tmp_path / "run" / "eval" / "predict_test_frames.png"
+    assert "real against imagined frames" in result.output and strip.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from seqvi.control.open_loop import predict_open_loop
+    from seqvi.engine.run import load_run
+
+    loaded = load_run(tmp_path / "run", "cpu")
+    with loaded.open_store() as store:
+        split = store.split("test")
+        strip_of = predict_open_loop(loaded.model, loaded.inference, split, "test", context=3, horizons=(6,),
+                                     samples=2)
+        real = split.read(0, 3, 9) * split.value_scale                     # sequence 0 after its context
+    assert strip_of.frames.shape == (2, 6, 3, 64, 64)
+    np.testing.assert_allclose(strip_of.frames[0], real, atol=1e-6)
+    assert 0 <= strip_of.frames[1].min() and strip_of.frames[1].max() <= 1 and not np.allclose(strip_of.frames[1], real)
+    result = run("plan", "--checkpoint", tmp_path / "run", "--episodes", "1", *TINY_PLAN, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "run" / "plan" / "returns.json").read_text())
+    assert len(saved["returns"]) == 1 and saved["steps"] == [20]
+

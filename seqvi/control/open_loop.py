@@ -20,6 +20,10 @@ over sequences (obs in the store's units times ``value_scale``: pixels in [0, 1]
     reward RMSE_k   = sqrt(mean over sequences of (mean_N r_hat - r)^2)
     return error    = mean over sequences of |sum_k mean_N r_hat_k - sum_k r_k|           (the planner's target)
 
+For frames (C, H, W), ``frames`` keeps the first sequence's real frames and its
+first copy's imagined ones (one sample, as the planner sees them), (2, H, C, H', W'),
+for the strip ``seqvi predict`` draws beside the curves.
+
 Reproducible: chunk j of sequences is generated under seed ``seed + j``.
 """
 
@@ -49,6 +53,7 @@ class OpenLoopResult:
     reward_rmse: np.ndarray = field(default_factory=lambda: np.zeros(0))   # (H,)
     return_error: float = float("nan")
     mean_return: float = float("nan")                                      # mean real return over the H steps
+    frames: Optional[np.ndarray] = None    # frames only: (2, H, C, H', W'): [real, imagined] of sequence 0, copy 0
     kind: str = "control"
 
     def to_dict(self) -> dict:
@@ -123,6 +128,8 @@ def predict_open_loop(model: Any, inference: Any, split: SplitData, name: str, *
                                     u.repeat_interleave(samples, 0).to(device), context)
         S, truth = len(chunk), x[:, context:]
         x_hat = x_hat.cpu().view(S, samples, horizon, *truth.shape[2:])                    # (S, N, H, *X)
+        if j == 0 and truth.dim() == 5:
+            result.frames = torch.stack([truth[0], x_hat[0, 0]]).clamp(0, 1).numpy()       # (2, H, C, H', W')
         r_hat = r_hat.cpu().view(S, samples, horizon)
         features = tuple(range(2, truth.dim()))
         sq["mean"] += ((x_hat.mean(1) - truth) ** 2).mean(features).sum(0).double().numpy()
