@@ -20,7 +20,8 @@ Sections (``--only``):
                counted analytically) as a fraction of this machine's fp32 matmul rate,
                measured in between.
 * ``avf``      AVF(1) / direct training-step time for VRNN, SRNN, DMM on bach-chorales (and,
-               for reference, AVF with 5 iterations, the AVF paper's JSB setting).
+               for reference, AVF with 5 iterations, the AVF paper's JSB setting), and AVF(1)'s
+               evaluation pass (no parameter gradient) against its own training step.
 * ``bounds``   evaluation time with 16 particles / 1 particle, IWAE and FIVO.
 * ``midi``     MIDI files per second: seqvi's adapter vs pretty_midi's get_piano_roll on the
                same files and grid, and the differences between the two rolls.
@@ -64,7 +65,7 @@ from seqvi.engine.setup import DataSpec, build  # noqa: E402
 from seqvi.data.batches import Batch  # noqa: E402
 from seqvi.engine.train import Trainee, train_step  # noqa: E402
 from seqvi.free_energy import noise_shard  # noqa: E402
-from seqvi.objectives import BOUNDS, Objective, kl_weight, particle_bound  # noqa: E402
+from seqvi.objectives import BOUNDS, Objective, filter_sequence, kl_weight, particle_bound  # noqa: E402
 
 from bench.plain_dmm import PlainDMM, train_epoch  # noqa: E402
 
@@ -381,6 +382,7 @@ def bench_avf(args, spec: DataSpec, store: Store) -> dict:
                 t.step(*batches[0], 1.0)
             flops[k] = counter.flops
         runs = {k: (lambda t=t: [t.step(x, m, 1.0) for x, m in batches]) for k, t in trainers.items()}
+        runs["avf_eval"] = lambda m=variants["avf"][0], q=variants["avf"][1]: eval_pass(m, q, batches)
         times = interleaved(runs, args.repeats)
         steps = len(batches)
         out[name] = {"own_inference": recipe.inference["name"], "avf_width": width, "batches": steps,
@@ -390,8 +392,23 @@ def bench_avf(args, spec: DataSpec, store: Store) -> dict:
                      **{f"seconds_per_step_{k}": med(v) / steps for k, v in times.items()},
                      "ratio": med(times["avf"]) / med(times["own"]),
                      "ratio_paper_size": med(times["avf_paper"]) / med(times["own"]),
-                     "ratio_5_iterations": med(times["avf5"]) / med(times["own"])}
+                     "ratio_5_iterations": med(times["avf5"]) / med(times["own"]),
+                     # the validation/eval pass of the same AVF(1) on the same batches (no parameter gradient)
+                     # against its training step: target <= 1
+                     "eval_over_train_avf": med(times["avf_eval"]) / med(times["avf"])}
     return out
+
+
+def eval_pass(model, inference, batches) -> None:
+    """The free-energy pass of ``seqvi eval`` / validation on each batch: eval mode, no parameter gradient
+    (AVF differentiates F_t with respect to q's parameters inside ``posterior``, as evaluation does)."""
+    model.eval()
+    inference.eval()
+    with torch.no_grad():
+        for x, m in batches:
+            filter_sequence(model, inference, x, m)
+    model.train()
+    inference.train()
 
 
 # --------------------------------------------------------------------------- 4. bounds
@@ -691,6 +708,10 @@ def table(results: dict) -> list[tuple[str, str, str, str]]:
             if isinstance(a, dict) and "ratio_5_iterations" in a:
                 add(f"3 AVF(5) / {a['own_inference']} step, {name.upper()}", f"{a['ratio_5_iterations']:.2f} "
                     f"(AVF {a['avf_width']} wide, 5 iterations per step)", "", None)
+        for name, a in results["avf"].items():
+            if isinstance(a, dict) and "eval_over_train_avf" in a:
+                add(f"3 AVF(1) eval / train step, {name.upper()}", f"{a['eval_over_train_avf']:.2f} (same batches; "
+                    f"eval: no parameter gradient)", "<= 1", a["eval_over_train_avf"] <= 1)
     if "bounds" in results:
         for b in ("iwae", "fivo"):
             r = results["bounds"][b]
