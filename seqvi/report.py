@@ -624,13 +624,18 @@ SAMPLE_PLOTS = {"midi": plot_piano_rolls, "timit": plot_waveforms, "synthetic": 
 # --------------------------------------------------------------------------- video (KTH)
 
 
+def even_columns(steps: int, max_columns: int) -> np.ndarray:
+    """At most ``max_columns`` evenly spaced frame indices in 0..steps-1, first and last included."""
+    return np.unique(np.linspace(0, steps - 1, min(steps, max_columns)).round().astype(int))
+
+
 def plot_frames(x: np.ndarray, path: Path, primed: int = 0, max_columns: int = 16) -> Path:
     """PNG strip of video samples (N, T, C, H, W) in [0, 1]: one row per sample, evenly spaced
     frames across (at most ``max_columns``), primed (real) frames underlined in blue."""
     plt = _pyplot()
     x = np.clip(np.asarray(x, dtype=np.float32), 0, 1)
     n, steps, h, w = x.shape[0], x.shape[1], x.shape[-2], x.shape[-1]
-    cols = np.unique(np.linspace(0, steps - 1, min(steps, max_columns)).round().astype(int))
+    cols = even_columns(steps, max_columns)
     gap = 2
     mosaic = np.ones((n * (h + gap) - gap, len(cols) * (w + gap) - gap), dtype=np.float32)
     for i in range(n):
@@ -793,9 +798,9 @@ def plot_imagined_frames(result: Any, path: Path, max_columns: int = 12) -> Path
     """PNG of ``result.frames`` (2, H, C, H', W'): real frames over the imagined ones (open loop, one sample),
     then |real - imagined| (the channels' mean; white = no error), at evenly spaced predicted steps k."""
     plt = _pyplot()
-    real, imagined = (np.clip(np.asarray(f, dtype=np.float32), 0, 1) for f in result.frames)
+    real, imagined = np.asarray(result.frames, dtype=np.float32)        # clamped to [0, 1] by the open loop
     steps, channels = real.shape[0], real.shape[1]
-    cols = np.unique(np.linspace(0, steps - 1, min(steps, max_columns)).round().astype(int))
+    cols = even_columns(steps, max_columns)
     rows = [("real", real), ("imagined", imagined),
             ("|error|", np.repeat(1 - np.abs(real - imagined).mean(1, keepdims=True), channels, 1))]
     fig, axes = plt.subplots(len(rows), len(cols), figsize=(0.9 * len(cols) + 0.8, 0.95 * len(rows) + 0.6),
